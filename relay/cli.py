@@ -1,0 +1,240 @@
+"""The ``relay`` command: ``relay serve`` and the ``relay admin ...`` tree of PROTOCOL.md §8.
+
+This module is the entry point that reads ``os.environ``. Exit status: 0 on success, 1 when a
+command is refused (including, in this version, every admin command: the store they need is not
+built yet), 2 for bad arguments or a bad setting. A refusal is one line, the last on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+import trio
+
+from relay import __version__
+from relay.config import ConfigError, Settings
+from relay.protocol.syntax import is_uuid
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("relay")
+
+
+def _uuid(text: str) -> str:
+    if not is_uuid(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lowercase UUID")
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number in 0..65535 (0: any free port)")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of workers")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree. Admin leaves carry ``admin_command`` ("user create", ...)."""
+    parser = argparse.ArgumentParser(
+        prog="relay", description="A self-hostable server that keeps one person's devices in sync."
+    )
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the server", description="Run the server (PROTOCOL.md §8)."
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default 8080; 0 picks a free one)")
+    serve.add_argument("--workers", type=_workers, help="worker processes (default 1)")
+
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    admin = commands.add_parser("admin", help="operator commands", description="Operator commands.")
+    groups = admin.add_subparsers(dest="group", required=True, metavar="GROUP")
+
+    def leaf(
+        group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, full: str, help: str
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help, parents=[json_flag], description=help)
+        sub.set_defaults(admin_command=full)
+        return sub
+
+    user = groups.add_parser("user", help="accounts").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    leaf(user, "create", "user create", "create a user and an enrolment token for its first device")
+    leaf(user, "list", "user list", "list users")
+    leaf(user, "show", "user show", "show one user").add_argument("id", type=_uuid, metavar="ID")
+    delete = leaf(user, "delete", "user delete", "delete a user and everything of it")
+    delete.add_argument("id", type=_uuid, metavar="ID")
+    delete.add_argument("--yes", action="store_true", help="confirm the deletion")
+
+    device = groups.add_parser("device", help="devices").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    leaf(device, "list", "device list", "list a user's devices").add_argument(
+        "--user", type=_uuid, required=True, metavar="ID"
+    )
+    leaf(device, "revoke", "device revoke", "revoke a device").add_argument("id", type=_uuid, metavar="ID")
+    rename = leaf(device, "rename", "device rename", "rename a device")
+    rename.add_argument("id", type=_uuid, metavar="ID")
+    rename.add_argument("name", metavar="NAME")
+
+    token = groups.add_parser("token", help="enrolment tokens").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    leaf(token, "create", "token create", "issue another enrolment token for a user").add_argument(
+        "--user", type=_uuid, required=True, metavar="ID"
+    )
+
+    db = groups.add_parser("db", help="database").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    leaf(db, "migrate", "db migrate", "apply pending migrations")
+    leaf(db, "status", "db status", "show applied and pending migrations")
+    return parser
+
+
+def _refuse(message: str, *, code: str, as_json: bool, stdout: TextIO, stderr: TextIO) -> int:
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}), file=stdout)
+    print(f"relay: {message}", file=stderr)
+    return EXIT_REFUSED
+
+
+def _admin(args: argparse.Namespace, settings: Settings, *, stdout: TextIO, stderr: TextIO) -> int:
+    command: str = args.admin_command
+    if command == "user delete" and not args.yes:
+        return _refuse(
+            "refusing to delete a user without --yes",
+            code="refused",
+            as_json=args.json,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    del settings  # the store these commands need is built in a later version
+    return _refuse(
+        f"'relay admin {command}' is not available in this version of relay (the store is not built yet)",
+        code="not_available",
+        as_json=args.json,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+def _configure_logging(settings: Settings, stream: TextIO) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "relay_owned", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.relay_owned = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level_number)
+
+
+async def serve_until_signalled(
+    settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully. A second signal stops at once."""
+    from relay.app import serve
+
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if stop.is_set():
+                        log.warning("%s again: stopping now", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    stop.set()
+
+            async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+                await serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the server is done: stop watching signals
+
+            nursery.start_soon(watch_signals)
+            task_status.started(await nursery.start(run))
+    log.info("stopped")
+
+
+def _serve(settings: Settings) -> int:
+    if settings.workers > 1:
+        log.error("--workers %d: more than one worker is not available in this version", settings.workers)
+        return EXIT_REFUSED
+    unused = [
+        name
+        for name, value in (
+            ("RELAY_DATABASE_URL", settings.database_url),
+            ("RELAY_REDIS_URL", settings.redis_url),
+        )
+        if value is not None
+    ]
+    if unused:
+        log.warning("%s: not used by this version, which serves /healthz only", " and ".join(unused))
+    bind_error: BaseException | None = None
+    try:
+        trio.run(serve_until_signalled, settings)
+    except* OSError as group:
+        # Binding the address is the one failure an operator causes and fixes: one line, no trace.
+        bind_error = group
+        while isinstance(bind_error, BaseExceptionGroup):
+            bind_error = bind_error.exceptions[0]
+    if bind_error is not None:
+        reason = (
+            bind_error.strerror if isinstance(bind_error, OSError) and bind_error.strerror else bind_error
+        )
+        log.error("cannot listen on %s port %d: %s", settings.host, settings.port, reason)
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the ``relay`` command; return its exit status. Reads ``os.environ`` unless given ``environ``."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings = Settings.from_env(
+                os.environ if environ is None else environ,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+            )
+        else:
+            settings = Settings.from_env(os.environ if environ is None else environ)
+    except ConfigError as exc:
+        print(f"relay: {exc}", file=err)
+        return EXIT_USAGE
+    if args.command == "serve":
+        _configure_logging(settings, err)
+        return _serve(settings)
+    return _admin(args, settings, stdout=out, stderr=err)

@@ -1,0 +1,370 @@
+"""`relay serve` as operators run it: a real process on a free loopback port, stopped by a signal.
+
+Also the app in-process (same HTTP over a real socket, without a subprocess) for the request-id and
+error-body rules of PROTOCOL.md §6.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from quart import request
+from quart_trio import QuartTrio
+
+from relay.app import create_app, serve
+from relay.cli import main
+from relay.config import Settings
+from relay.errors import SeqConflict
+from relay.protocol.syntax import is_request_id
+
+#: The console script installed next to the interpreter running the tests (.venv/bin/relay).
+RELAY = str(Path(sys.executable).with_name("relay"))
+#: Starting Python, Quart and Hypercorn takes about a second; this is the cap for a whole test.
+CAP_S = 30
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+async def get(base_url: str, path: str, headers: Mapping[str, str] | None = None) -> Answer:
+    """GET base_url + path with http.client (in a thread), with a fresh connection."""
+    host_port = base_url.removeprefix("http://")
+    host, _, port = host_port.rpartition(":")
+
+    def request() -> Answer:
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        try:
+            conn.request("GET", path, headers=dict(headers or {}))
+            response = conn.getresponse()
+            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            conn.close()
+
+    return await trio.to_thread.run_sync(request, abandon_on_cancel=True)
+
+
+async def wait_for_health(base_url: str) -> Answer:
+    """Poll /healthz until it answers 200 (the caller's fail_after bounds the wait)."""
+    while True:
+        try:
+            answer = await get(base_url, "/healthz")
+        except OSError:
+            answer = None
+        if answer is not None and answer.status == 200:
+            return answer
+        await trio.sleep(0.05)
+
+
+def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(RELAY_DATA_DIR=str(tmp_path / "data"), RELAY_LOG_LEVEL="info", **extra)
+    return env
+
+
+async def check_request_ids(base_url: str) -> None:
+    first = await wait_for_health(base_url)
+    assert first.json() == {"status": "ok"}
+    assert is_request_id(first.headers["x-request-id"])
+    second = await get(base_url, "/healthz")
+    assert is_request_id(second.headers["x-request-id"])
+    assert second.headers["x-request-id"] != first.headers["x-request-id"]
+
+    echoed = await get(base_url, "/healthz", {"X-Request-ID": "client-id_1.2"})
+    assert echoed.headers["x-request-id"] == "client-id_1.2"
+
+    for invalid in ("has space", "x" * 129, "semi;colon"):
+        fresh = await get(base_url, "/healthz", {"X-Request-ID": invalid})
+        assert fresh.status == 200
+        assert fresh.headers["x-request-id"] != invalid
+        assert is_request_id(fresh.headers["x-request-id"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_relay_serve_answers_healthz_then_exits_0_on_signal(tmp_path: Path, signum: int) -> None:
+    output = bytearray()
+    listening = trio.Event()
+    urls: list[str] = []
+
+    async def read_stderr(stream: trio.abc.ReceiveStream) -> None:
+        async for chunk in stream:
+            output.extend(chunk)
+            for line in output.decode(errors="replace").splitlines():
+                if " listening on " in line and not listening.is_set():
+                    urls.append(line.rsplit(" listening on ", 1)[1].strip())
+                    listening.set()
+
+    with trio.fail_after(CAP_S):
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    [RELAY, "serve", "--host", "127.0.0.1", "--port", "0"],
+                    env=server_env(tmp_path),
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                )
+            )
+            assert process.stderr is not None
+            nursery.start_soon(read_stderr, process.stderr)
+            await listening.wait()
+            assert urls[0].startswith("http://127.0.0.1:")
+            await check_request_ids(urls[0])
+            process.send_signal(signum)
+            returncode = await process.wait()
+
+    log = output.decode(errors="replace")
+    assert returncode == 0, log
+    assert "Traceback" not in log
+    assert f"{signal.Signals(signum).name}: shutting down" in log
+
+
+async def run_relay(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(CAP_S):
+        return await trio.run_process(
+            [sys.executable, "-m", "relay", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RELAY_HEARTBEAT_MS", "soon"),
+        ("RELAY_HANDSHAKE_TIMEOUT_MS", "-1"),
+        ("RELAY_HEARTBEAT_SM", "20000"),
+        ("RELAY_DATABASE_URL", "mysql://admin:hunter2@db.example/relay"),
+    ],
+)
+async def test_relay_serve_with_a_bad_variable_exits_2_with_one_line_naming_it(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    result = await run_relay("serve", "--port", "0", env=server_env(tmp_path, **{variable: value}))
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2
+    assert len(lines) == 1, lines
+    assert variable in lines[0]
+    assert "hunter2" not in lines[0]
+    assert result.stdout == b""
+
+
+async def test_relay_serve_on_a_busy_port_exits_1_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = await run_relay("serve", "--port", str(port), env=server_env(tmp_path))
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 1
+    assert lines[-1].endswith(f"cannot listen on 127.0.0.1 port {port}: Address already in use")
+    assert "Traceback" not in result.stderr.decode()
+
+
+# --- in-process: the app behind Hypercorn, stopped by an event ----------------------------------------
+
+
+@asynccontextmanager
+async def running_app(tmp_path: Path, **settings: object) -> AsyncIterator[str]:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(
+            partial(serve, Settings(data_dir=tmp_path, port=0, **settings), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        )
+        try:
+            yield urls[0]
+        finally:
+            stop.set()
+
+
+async def test_app_gives_every_answer_a_request_id(tmp_path: Path) -> None:
+    with trio.fail_after(CAP_S):
+        async with running_app(tmp_path) as url:
+            await check_request_ids(url)
+
+
+async def test_unknown_route_is_404_not_found_with_the_request_id_in_the_body(tmp_path: Path) -> None:
+    with trio.fail_after(CAP_S):
+        async with running_app(tmp_path) as url:
+            answer = await get(url, "/v1/nothing-here", {"X-Request-ID": "req-404"})
+    assert answer.status == 404
+    assert answer.headers["x-request-id"] == "req-404"
+    assert answer.json() == {"error": {"code": "not_found", "message": "Not found", "request_id": "req-404"}}
+
+
+async def test_wrong_method_is_405_method_not_allowed_naming_the_allowed_ones(tmp_path: Path) -> None:
+    def post(url: str) -> tuple[int, dict[str, str], bytes]:
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        try:
+            conn.request("POST", "/healthz", body=b"{}")
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    with trio.fail_after(CAP_S):
+        async with running_app(tmp_path) as url:
+            status, headers, body = await trio.to_thread.run_sync(post, url, abandon_on_cancel=True)
+    assert status == 405
+    assert "GET" in headers["allow"]
+    error = json.loads(body)["error"]
+    assert error["code"] == "method_not_allowed"
+    assert error["request_id"] == headers["x-request-id"]
+
+
+# --- in-process, through Quart's test client: how errors are answered -------------------------------
+
+
+def app_with_failing_routes(tmp_path: Path, env: str) -> QuartTrio:
+    app = create_app(Settings(data_dir=tmp_path, env=env))  # type: ignore[arg-type]
+
+    @app.get("/boom")
+    async def boom() -> str:
+        raise RuntimeError("secret detail from /etc/relay")
+
+    @app.get("/conflict")
+    async def conflict() -> str:
+        raise SeqConflict(head=3)
+
+    return app
+
+
+async def test_an_unexpected_error_is_a_bare_500_in_production(tmp_path: Path) -> None:
+    client = app_with_failing_routes(tmp_path, "production").test_client()
+    with trio.fail_after(CAP_S):
+        response = await client.get("/boom", headers={"X-Request-ID": "req-500"})
+        body = await response.get_json()
+    assert response.status_code == 500
+    assert response.headers["X-Request-ID"] == "req-500"
+    assert body == {
+        "error": {"code": "internal", "message": "Internal server error", "request_id": "req-500"}
+    }
+
+
+async def test_an_unexpected_error_shows_its_detail_in_development(tmp_path: Path) -> None:
+    client = app_with_failing_routes(tmp_path, "development").test_client()
+    with trio.fail_after(CAP_S):
+        response = await client.get("/boom")
+        body = await response.get_json()
+    assert response.status_code == 500
+    assert body["error"]["detail"] == "RuntimeError: secret detail from /etc/relay"
+    assert body["error"]["request_id"] == response.headers["X-Request-ID"]
+
+
+async def test_a_relay_error_is_answered_with_its_status_and_fields(tmp_path: Path) -> None:
+    client = app_with_failing_routes(tmp_path, "production").test_client()
+    with trio.fail_after(CAP_S):
+        response = await client.get("/conflict", headers={"X-Request-ID": "req-409"})
+        body = await response.get_json()
+    assert response.status_code == 409
+    assert body == {
+        "error": {
+            "code": "seq_conflict",
+            "message": "The stream's head is not the expected one",
+            "head": 3,
+            "request_id": "req-409",
+        }
+    }
+
+
+async def test_a_body_over_the_frame_limit_is_413_too_large(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, max_event_bytes=1000, max_frame_bytes=5096)
+    app = create_app(settings)
+
+    @app.post("/echo")
+    async def echo() -> str:
+        return str(len(await request.get_data()))
+
+    client = app.test_client()
+    with trio.fail_after(CAP_S):
+        response = await client.post("/echo", data=b"x" * 6000)
+        body = await response.get_json()
+    assert response.status_code == 413
+    assert body["error"]["code"] == "too_large"
+
+
+# --- in-process: the whole `relay serve` path, stopped by a real signal ------------------------------
+# (Coverage is not measured in subprocesses: its subprocess patch would load sqlite3 into every child
+# interpreter and break the purity check of relay.protocol. So the paths the subprocess tests above
+# exercise are run here once more, in this process.)
+
+
+def run_main_until_listening_then_signal(argv: list[str], signum: int) -> tuple[int, str]:
+    """Run ``main(argv)`` on this (main) thread; a helper thread sends ``signum`` once it listens."""
+    err = io.StringIO()
+    sent = threading.Event()
+
+    def signal_when_listening() -> None:
+        deadline = time.monotonic() + CAP_S
+        while " listening on " not in err.getvalue():
+            if time.monotonic() > deadline:
+                return  # main() never listened; it has returned or the test fails on its own
+            time.sleep(0.01)
+        url = err.getvalue().rsplit(" listening on ", 1)[1].split()[0]
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+        os.kill(os.getpid(), signum)  # trio's signal receiver is open: it takes the signal, not pytest
+        sent.set()
+
+    helper = threading.Thread(target=signal_when_listening, daemon=True)
+    helper.start()
+    status = main(argv, environ={"RELAY_DATA_DIR": "relay-data-unused"}, stderr=err)
+    helper.join(CAP_S)
+    assert sent.is_set(), err.getvalue()
+    return status, err.getvalue()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.usefixtures("restore_logging")
+def test_main_serve_stops_cleanly_on_a_signal(signum: int) -> None:
+    status, log = run_main_until_listening_then_signal(["serve", "--port", "0"], signum)
+    assert status == 0, log
+    assert f"{signal.Signals(signum).name}: shutting down" in log
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_main_serve_on_a_busy_port_returns_1() -> None:
+    err = io.StringIO()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        environ = {"RELAY_DATABASE_URL": "postgresql://db/relay"}
+        status = main(["serve", "--port", str(port)], environ=environ, stderr=err)
+    assert status == 1
+    assert "RELAY_DATABASE_URL: not used by this version" in err.getvalue()
+    assert (
+        err.getvalue()
+        .splitlines()[-1]
+        .endswith(f"cannot listen on 127.0.0.1 port {port}: Address already in use")
+    )

@@ -98,8 +98,8 @@ __all__ = [
     "TooLarge",
     "TooManyDevices",
     "Unauthorized",
-    "UnknownType",
     "Unavailable",
+    "UnknownType",
     "UnsupportedVersion",
     "error_by_code",
     "error_payload",
@@ -162,7 +162,7 @@ class RelayError(Exception):
 class RequestError(RelayError):
     """A request was refused; after the handshake the session stays open."""
 
-    close_code = None
+    close_code: ClassVar[int | None] = None
 
 
 class BadRequest(RequestError):

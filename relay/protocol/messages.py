@@ -15,7 +15,7 @@ from typing import ClassVar, Literal, TypeAlias
 import attrs
 
 #: Any I-JSON value, as decoded (objects are ``dict``, arrays ``list``).
-JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
+JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
 
 DeviceChange = Literal["enrolled", "renamed", "revoked"]
 
@@ -229,7 +229,17 @@ class Error:
 
 
 ServerMessage: TypeAlias = (
-    Challenge | Welcome | Ack | Event | Heads | ReplayPage | StreamsPage | Pong | Presence | DeviceNotice | Error
+    Challenge
+    | Welcome
+    | Ack
+    | Event
+    | Heads
+    | ReplayPage
+    | StreamsPage
+    | Pong
+    | Presence
+    | DeviceNotice
+    | Error
 )
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Challenge,

@@ -238,7 +238,7 @@ def test_a_body_sent_with_spaces_is_measured_after_canonicalisation() -> None:
         canonical_body(value, max_event_bytes=len(canonical) - 1)
 
 
-@pytest.mark.parametrize("body", [2**53, -(2**53), {"n": 10**30}, float("nan"), float("inf"), "\ud800"])
+@pytest.mark.parametrize("body", [10**400, -(10**400), {"n": 10**400}, float("nan"), float("inf"), "\ud800"])
 def test_a_body_without_a_canonical_form_is_a_bad_request_at_body(body: Any) -> None:
     with pytest.raises(BadRequest) as info:
         canonical_body(body, max_event_bytes=LIMITS.max_event_bytes)
@@ -342,8 +342,8 @@ def test_a_malformed_field_of_an_expired_event_answers_bad_request() -> None:
         ({"stream": "bad stream", "ts": -1}, "$.stream"),
         ({"ts": -1, "ttl": 0}, "$.ts"),
         ({"ttl": 0, "expect_seq": -1}, "$.ttl"),
-        ({"expect_seq": -1, "body": 2**60}, "$.expect_seq"),
-        ({"body": [2**60, "x" * 70_000]}, "$.body"),
+        ({"expect_seq": -1, "body": 10**400}, "$.expect_seq"),
+        ({"body": [10**400, "x" * 70_000]}, "$.body"),
     ],
 )
 def test_the_first_malformed_field_in_spec_order_answers(overrides: dict[str, Any], path: str) -> None:

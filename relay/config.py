@@ -66,7 +66,7 @@ def redact_url(text: str) -> str:
         scheme, rest = "", text
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
-    rest = re.sub(r"(?i)\b(password|passwd|pwd)=[^&#\s]*", r"\1=***", rest)
+    rest = re.sub(r"(?i)(password|passwd|pwd)=[^&#\s]*", r"\1=***", rest)
     return f"{scheme}{sep}{rest}"
 
 
@@ -167,8 +167,10 @@ def _normalise_origin(text: str) -> str:
     parts = _split_url(text, "origin")
     default_port = {"http": 80, "https": 443}.get(parts.scheme.lower())
     if default_port is None or not parts.hostname:
-        raise ValueError(f"{text!r} is not an origin such as https://app.example.com")
-    if "@" in parts.netloc or parts.path not in ("",) or parts.query or parts.fragment or text[-1] in "?#":
+        raise ValueError(f"{redact_url(text)!r} is not an origin such as https://app.example.com")
+    if "@" in parts.netloc:
+        raise ValueError(f"{redact_url(text)!r} is not an origin (it holds user info)")
+    if parts.path not in ("",) or parts.query or parts.fragment or text[-1] in "?#":
         raise ValueError(f"{text!r} is not an origin (no path, query or user info; no trailing slash)")
     host = parts.hostname.lower()
     if ":" in host:
@@ -289,8 +291,9 @@ class Settings:
 
     env: Literal["production", "development"] = "production"
     data_dir: Path = Path("relay-data")
-    database_url: str | None = None
-    redis_url: str | None = None
+    # Never in repr: a URL may carry a password, and a Settings may end up in a traceback or a log.
+    database_url: str | None = attrs.field(default=None, repr=False)
+    redis_url: str | None = attrs.field(default=None, repr=False)
     handshake_timeout_ms: int = 10_000
     heartbeat_ms: int = 20_000
     clock_skew_ms: int = 300_000
@@ -400,7 +403,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _int_setting("max_streams"),
     _int_setting("max_stored_bytes"),
     _int_setting("drain_timeout_ms"),
-    _Setting("cors_origins", "RELAY_CORS_ORIGINS", _to_origins, _check_origins),
+    _Setting("cors_origins", "RELAY_CORS_ORIGINS", _to_origins, _check_origins, url=True),
     _Setting(
         "public_url", "RELAY_PUBLIC_URL", lambda text: text.rstrip("/") or text, _check_public_url, url=True
     ),

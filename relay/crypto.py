@@ -251,7 +251,9 @@ def http_request_string(
     ``relay-http-v1\\n{server_key}\\n{device_id}\\n{METHOD}\\n{path and query}\\n{ts}\\n{nonce}\\n{digest}``:
     the method is upper-cased (it must be ASCII), ``path_and_query`` is exactly as on the request
     line, ``ts`` is written in decimal, and the last field is the lower-case hex SHA-256 of the raw
-    body (``b""`` when there is none).
+    body (``b""`` when there is none). Fields are signed exactly as sent (§1), so the server's parser of
+    ``Authorization`` must accept only the canonical decimal of ``ts`` (no sign, no leading zero) and
+    refuse anything else as ``unauthorized``; then ``str(ts)`` is the text as sent.
     """
     if not isinstance(method, str) or not method.isascii():
         raise ValueError("an HTTP method is ASCII")

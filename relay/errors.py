@@ -448,6 +448,8 @@ def error_payload(
         payload = exc.to_wire()
         if http and exc.http_code is not None:
             payload["code"] = exc.http_code
+            if exc.http_code == BadRequest.code:
+                payload.setdefault("path", "$")  # §6: bad_request carries a path; bad JSON is the whole body
     else:
         payload = {"code": InternalError.code, "message": INTERNAL_MESSAGE}
         if not production:

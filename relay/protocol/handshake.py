@@ -43,7 +43,7 @@ from relay.errors import (
     error_by_code,
 )
 from relay.protocol import messages
-from relay.protocol.syntax import is_uuid
+from relay.protocol.syntax import is_protocol_int, is_uuid
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -190,14 +190,17 @@ class ServerHandshake:
         """Accept the client's ``hello`` and return the ``challenge`` to send.
 
         Raises :class:`ProtocolError` if ``msg`` is not a ``hello`` or a hello was already received,
-        :class:`UnsupportedVersion` (with ``supported``) for a ``v`` other than 1, and
+        :class:`BadRequest` (path ``$.v``) for a ``v`` that is not an integer in 0..2^53-1,
+        :class:`UnsupportedVersion` (with ``supported``) for any other integer than 1, and
         :class:`BadRequest` (with ``path``) for a ``device_id`` that is not a lowercase UUID or a
         ``nonce`` that is not the canonical b64 of 32 bytes. The device is not looked up: the
         challenge costs the same for every device id.
         """
         if self._state is not HandshakeState.AWAIT_HELLO or not isinstance(msg, messages.Hello):
             self._out_of_order(msg)
-        if type(msg.v) is not int or msg.v not in SUPPORTED_VERSIONS:
+        if not is_protocol_int(msg.v):
+            self._fail(BadRequest("v must be an integer", path="$.v"))
+        if msg.v not in SUPPORTED_VERSIONS:
             self._fail(UnsupportedVersion(supported=list(SUPPORTED_VERSIONS)))
         if not is_uuid(msg.device_id):
             self._fail(BadRequest("device_id must be a lowercase UUID", path="$.device_id"))

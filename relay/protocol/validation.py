@@ -60,7 +60,8 @@ def _protocol_int(value: object, *, path: str, what: str) -> int:
 def check_uuid(value: object, *, path: str) -> str:
     """A lowercase hyphenated 8-4-4-4-12 UUID, or :class:`BadRequest`.
 
-    Inside ``hello`` or ``Authorization`` the caller answers ``unauthorized`` instead (§1).
+    Inside ``Authorization`` the caller answers ``unauthorized`` instead (§1); inside ``hello`` the
+    handshake follows §4.1 (``bad_request``, 1002; see docs/protocol.md).
     """
     if not isinstance(value, str) or not syntax.is_uuid(value):
         raise BadRequest("must be a lowercase hyphenated UUID", path=path)

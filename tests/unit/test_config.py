@@ -356,8 +356,32 @@ def test_log_level_number(level: str, number: int) -> None:
             "postgresql://db/relay?user=relay&password=hunter2&sslmode=require",
             "postgresql://db/relay?user=relay&password=***&sslmode=require",
         ),
+        (
+            "postgresql://db/relay?sslpassword=hunter2&sslmode=require",
+            "postgresql://db/relay?sslpassword=***&sslmode=require",
+        ),
         ("redis://cache:6379/0", "redis://cache:6379/0"),
     ],
 )
 def test_redact_url_hides_passwords(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_settings_never_show_a_url_password_in_repr_or_str() -> None:
+    settings = Settings.from_env(
+        {
+            "RELAY_DATABASE_URL": "postgresql://relay:hunter2@db/relay",
+            "RELAY_REDIS_URL": "redis://:sekrit@cache:6379/0",
+        }
+    )
+    assert settings.database_url == "postgresql://relay:hunter2@db/relay"
+    for text in (repr(settings), str(settings)):
+        assert "hunter2" not in text
+        assert "sekrit" not in text
+
+
+def test_an_origin_with_user_info_is_refused_without_showing_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"RELAY_CORS_ORIGINS": "https://u:secretpw@app.example.com"})
+    assert "RELAY_CORS_ORIGINS" in str(info.value)
+    assert "secretpw" not in str(info.value)

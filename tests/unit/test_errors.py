@@ -105,7 +105,7 @@ def test_every_wire_code_maps_back_to_its_class() -> None:
     assert error_by_code("unavailable") is Unavailable  # not the StoreUnavailable subclass
 
 
-def test_every_error_class_has_a_distinct_safe_message() -> None:
+def test_every_error_class_has_a_one_line_safe_message() -> None:
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, RelayError)]
     for cls in classes:
         assert cls.safe_message
@@ -159,9 +159,13 @@ def test_relay_errors_are_shown_as_they_are_but_without_detail() -> None:
     }
 
 
-def test_http_uses_bad_request_for_invalid_json() -> None:
-    assert error_payload(InvalidJson(), request_id=None, production=True, http=True)["code"] == "bad_request"
-    assert error_payload(InvalidJson(), request_id=None, production=True)["code"] == "invalid_json"
+def test_http_uses_bad_request_with_the_root_path_for_invalid_json() -> None:
+    payload = error_payload(InvalidJson(), request_id=None, production=True, http=True)
+    assert payload["code"] == "bad_request"
+    assert payload["path"] == "$"
+    ws_payload = error_payload(InvalidJson(), request_id=None, production=True)
+    assert ws_payload["code"] == "invalid_json"
+    assert "path" not in ws_payload
 
 
 def test_str_of_an_error_keeps_detail_for_operators_only() -> None:

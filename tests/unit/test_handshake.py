@@ -230,7 +230,16 @@ def test_the_challenge_is_the_same_work_for_an_unknown_device(server_key: Signin
 # --- hello and auth validation --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("v", [0, 2, -1, 2**53 - 1, True])
+@pytest.mark.parametrize("v", [-1, True, 1.0, "1", None, 2**53])
+def test_a_version_that_is_not_a_protocol_integer_is_a_bad_request(server_key: SigningKey, v: object) -> None:
+    hs = ServerHandshake(server_key)
+    with pytest.raises(BadRequest) as excinfo:
+        hs.receive_hello(hello(v=v), now_ms=NOW)
+    refused(excinfo, BadRequest, 1002)
+    assert excinfo.value.path == "$.v"
+
+
+@pytest.mark.parametrize("v", [0, 2, 2**53 - 1])
 def test_a_version_other_than_1_is_unsupported(server_key: SigningKey, v: object) -> None:
     hs = ServerHandshake(server_key)
     with pytest.raises(UnsupportedVersion) as excinfo:

@@ -44,32 +44,38 @@ Frames a client sends may nest 62 levels, frames the server sends 64 (:mod:`rela
 Cost, measured on CPython 3.11: encoding an ``event`` frame takes about 0.8 µs and an ``ack`` 0.65 µs,
 through cattrs-generated functions (hand-built dicts would save about 0.2 µs); decoding a small
 ``publish`` about 3 µs (1.6 µs parsing, 1.4 µs structuring).
+
+This module is the public API; the machinery behind it lives beside it, one job per module:
+:mod:`relay.protocol.converter` builds the converter and its tables from the leaf hooks of
+:mod:`relay.protocol.hooks`, and :mod:`relay.protocol.paths` turns cattrs' errors into ``bad_request``
+paths. :data:`converter`, :func:`structure_client`, :data:`MAX_PATH_CHARS` and :func:`parse_object` are
+re-exported from there.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeVar, cast
+from typing import Any
 
 import attrs
-import cattrs
 import orjson
-from cattrs.errors import AttributeValidationNote, BaseValidationError, IterableValidationNote
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from relay.errors import BadRequest, RelayError, UnknownType, error_payload
+from relay.errors import error_payload
 from relay.protocol import syntax
+from relay.protocol.converter import (
+    CLIENT_UNSTRUCTURE,
+    MEMBERS,
+    SERVER_TYPES,
+    SERVER_UNSTRUCTURE,
+    converter,
+    message_class,
+    structure,
+    structure_client,
+)
 from relay.protocol.frames import MAX_CLIENT_FRAME_DEPTH, MAX_FRAME_DEPTH, parse_object
-from relay.protocol.jsonio import canonical_json
 from relay.protocol.messages import (
-    CLIENT_MESSAGES,
-    SERVER_MESSAGES,
     ClientMessage,
-    DeviceChange,
     Error,
-    Event,
-    JsonValue,
     Limits,
     Publish,
     Replay,
@@ -78,6 +84,7 @@ from relay.protocol.messages import (
     StoredEvent,
     Welcome,
 )
+from relay.protocol.paths import MAX_PATH_CHARS, Path, bad_request
 
 __all__ = [
     "MAX_CLIENT_FRAME_DEPTH",
@@ -95,13 +102,6 @@ __all__ = [
     "structure_client",
 ]
 
-#: The longest ``path`` a ``bad_request`` carries; a longer one is cut and ends with ``…``.
-MAX_PATH_CHARS: Final = 256
-
-T = TypeVar("T")
-_Path = tuple[str | int, ...]
-
-
 # --- public API ----------------------------------------------------------------------------------------
 
 
@@ -110,38 +110,26 @@ def decode_client(frame: str | bytes) -> ClientMessage:
     return structure_client(parse_object(frame))
 
 
-def structure_client(obj: Mapping[str, object]) -> ClientMessage:
-    """The client message ``obj`` (a parsed frame) holds; raises only :class:`RelayError` subclasses.
-
-    On failure, :func:`answer_context` of the same ``obj`` tells what the error answer must carry.
-    """
-    cls = _message_class(obj, _CLIENT_TYPES)
-    for key in obj:
-        if key not in _MEMBERS[cls]:
-            raise _bad_request("unknown member", (key,))
-    return _structure(obj, cls)
-
-
 def decode_server(frame: str | bytes, *, strict: bool = False) -> ServerMessage:
     """The message the server sent in ``frame``; raises only :class:`RelayError` subclasses.
 
     Unknown members are ignored (§1), or refused like :func:`decode_client` does with ``strict=True``.
     """
     obj = parse_object(frame, max_depth=MAX_FRAME_DEPTH)
-    cls = _message_class(obj, _SERVER_TYPES)
+    cls = message_class(obj, SERVER_TYPES)
     if strict and (unknown := _unknown_server_member(obj, cls)) is not None:
-        raise _bad_request("unknown member", unknown)
-    return _structure(obj, cls)
+        raise bad_request("unknown member", unknown)
+    return structure(obj, cls)
 
 
 def encode_server(msg: ServerMessage) -> str:
     """The text frame of a server message."""
-    return orjson.dumps(_unstructure(msg, _SERVER_UNSTRUCTURE)).decode()
+    return orjson.dumps(_unstructure(msg, SERVER_UNSTRUCTURE)).decode()
 
 
 def encode_client(msg: ClientMessage) -> str:
     """The text frame of a client message."""
-    return orjson.dumps(_unstructure(msg, _CLIENT_UNSTRUCTURE)).decode()
+    return orjson.dumps(_unstructure(msg, CLIENT_UNSTRUCTURE)).decode()
 
 
 @attrs.frozen
@@ -209,362 +197,16 @@ def encode_error(
     return orjson.dumps(frame).decode()
 
 
-# --- failures and paths ---------------------------------------------------------------------------------
-
-
-class _Invalid(Exception):
-    """A value of the wrong shape, ``at`` a path relative to the value the hook was given."""
-
-    def __init__(self, problem: str, at: _Path = ()) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.at = at
-
-
-_MEMBER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "'": "\\'", "\\": "\\\\"}
-
-
-def _format_path(path: _Path) -> str:
-    parts = ["$"]
-    for segment in path:
-        if isinstance(segment, int):
-            parts.append(f"[{segment}]")
-        elif isinstance(segment, str) and _MEMBER_NAME.fullmatch(segment):
-            parts.append(f".{segment}")
-        else:
-            escaped = "".join(
-                _ESCAPES.get(char) or (f"\\u{ord(char):04x}" if char < " " else char) for char in str(segment)
-            )
-            parts.append(f"['{escaped}']")
-    text = "".join(parts)
-    return text if len(text) <= MAX_PATH_CHARS else text[: MAX_PATH_CHARS - 1] + "…"
-
-
-def _bad_request(problem: str, path: _Path) -> BadRequest:
-    where = _format_path(path)
-    return BadRequest(f"{where}: {problem}", path=where)
-
-
-def _first_failure(group: BaseValidationError, value: object) -> tuple[Exception, str | int | None]:
-    """The failure of ``group`` to report, and the member or index of ``value`` it concerns.
-
-    Present members come in document order (list items in index order), then missing ones.
-    """
-    positions = {key: i for i, key in enumerate(value)} if isinstance(value, dict) else {}
-    best: tuple[tuple[int, int], Exception, str | int | None] | None = None
-    for order, sub in enumerate(group.exceptions):
-        key: str | int | None = None
-        for note in getattr(sub, "__notes__", ()):
-            if isinstance(note, AttributeValidationNote):
-                key = note.name
-            elif isinstance(note, IterableValidationNote):
-                key = note.index
-        if isinstance(key, int):
-            rank = (0, key)
-        elif key in positions:
-            rank = (0, positions[key])
-        else:
-            rank = (1, order)
-        if best is None or rank < best[0]:
-            best = (rank, sub, key)
-    if best is None:
-        return group, None
-    return best[1], best[2]
-
-
-def _to_bad_request(exc: Exception, obj: object) -> BadRequest:
-    """Follow cattrs' notes down to the first failure, building its path as we go."""
-    path: list[str | int] = []
-    value = obj
-    while isinstance(exc, BaseValidationError):
-        sub, key = _first_failure(exc, value)
-        if sub is exc:
-            break
-        if key is not None:
-            path.append(key)
-            value = _child(value, key)
-        exc = sub
-    if isinstance(exc, _Invalid):
-        return _bad_request(exc.problem, (*path, *exc.at))
-    if isinstance(exc, KeyError):
-        return _bad_request("missing member", tuple(path))
-    return _bad_request("invalid value", tuple(path))
-
-
-def _child(value: object, key: str | int) -> object:
-    if isinstance(value, dict):
-        return value.get(key)
-    if isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value):
-        return value[key]
-    return None
-
-
-# --- the converter: leaf hooks -------------------------------------------------------------------------
-
-_INT_PROBLEM: Final = "must be an integer in 0..2^53-1"
-
-
-def _structure_int(value: object, _: object) -> int:
-    if type(value) is int and 0 <= value <= syntax.MAX_SAFE_INTEGER:
-        return value
-    raise _Invalid(_INT_PROBLEM)
-
-
-def _structure_str(value: object, _: object) -> str:
-    if type(value) is str:
-        return value
-    raise _Invalid("must be a string")
-
-
-def _structure_bool(value: object, _: object) -> bool:
-    if type(value) is bool:
-        return value
-    raise _Invalid("must be true or false")
-
-
-_CHANGES: Final = ("enrolled", "renamed", "revoked")
-
-
-def _structure_change(value: object, _: object) -> DeviceChange:
-    if type(value) is str and value in _CHANGES:
-        return cast("DeviceChange", value)
-    raise _Invalid(f"must be one of {', '.join(_CHANGES)}")
-
-
-def _structure_ref(value: object, _: object) -> str | None:
-    if value is None or (isinstance(value, str) and syntax.is_ref(value)):
-        return value
-    raise _Invalid(f"must be a string of at most {syntax.MAX_REF_CHARS} characters")
-
-
-def _pass_through(value: T, _: object = None) -> T:
-    return value
-
-
-def _structure_canonical_body(value: object, _: object) -> str:
-    """The RFC 8785 text of a delivered body.
-
-    RFC 8785 reads every number as a double and writes integral doubles below 1e21 without exponent, so
-    a canonical body may hold an integer literal beyond 2^53 (``1e20`` is written
-    ``100000000000000000000``). Such a literal is read back as the double it denotes.
-    """
-    try:
-        return canonical_json(cast("JsonValue", value)).decode()
-    except RelayError:
-        pass
-    try:
-        return canonical_json(_big_ints_as_doubles(value)).decode()
-    except (RelayError, OverflowError):
-        raise _Invalid("has no canonical JSON form") from None
-
-
-def _big_ints_as_doubles(value: object) -> JsonValue:
-    if type(value) is int and not -syntax.MAX_SAFE_INTEGER <= value <= syntax.MAX_SAFE_INTEGER:
-        return float(value)
-    if isinstance(value, list):
-        return [_big_ints_as_doubles(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _big_ints_as_doubles(item) for key, item in value.items()}
-    return cast("JsonValue", value)
-
-
-def _structure_heads(value: object, _: object) -> dict[str, int]:
-    """``{"<stream>": <head>, ...}``, checked member by member (paths ``$.streams['notes/a']``)."""
-    if type(value) is not dict:
-        raise _Invalid("must be an object")
-    for name, head in value.items():
-        if not (type(head) is int and 0 <= head <= syntax.MAX_SAFE_INTEGER):
-            raise _Invalid(_INT_PROBLEM, (name,))
-    return dict(value)
-
-
-def _structure_strings(value: object, _: object) -> list[str]:
-    if type(value) is not list:
-        raise _Invalid("must be an array")
-    for index, item in enumerate(value):
-        if type(item) is not str:
-            raise _Invalid("must be a string", (index,))
-    return list(value)
-
-
-def _object_hook(inner: Callable[[Any, Any], T]) -> Callable[[object, object], T]:
-    """Refuse anything but a JSON object before cattrs' generated hook looks into it."""
-
-    def structure(value: object, cls: object) -> T:
-        if type(value) is not dict:
-            raise _Invalid("must be an object")
-        return inner(value, cls)
-
-    return structure
-
-
-def _array_hook(inner: Callable[[Any, Any], T]) -> Callable[[object, object], T]:
-    def structure(value: object, cls: object) -> T:
-        if type(value) is not list:
-            raise _Invalid("must be an array")
-        return inner(value, cls)
-
-    return structure
-
-
-# --- the converter: messages ---------------------------------------------------------------------------
-
-
-def _omit_none(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``overrides`` plus ``omit_if_default`` on every member whose default is ``None``."""
-    result = dict(overrides)
-    for field in attrs.fields(cls):
-        if field.default is None:
-            result[field.name] = attrs.evolve(result.get(field.name, override()), omit_if_default=True)
-    return result
-
-
-def _tagged(cls: type, unstructure: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
-    tag: str = getattr(cls, "TYPE")  # noqa: B009  # every message class has one
-
-    def tagged(msg: Any) -> dict[str, Any]:
-        return {"type": tag, **unstructure(msg)}
-
-    return tagged
-
-
-_ERROR_MEMBERS: Final = frozenset({"type", "code", "message", "ref"})
-
-
-def _structure_error(obj: Mapping[str, Any], _: object) -> Error:
-    if type(obj) is not dict:
-        raise _Invalid("must be an object")
-    for name in ("code", "message"):
-        if name not in obj:
-            raise _Invalid("missing member", (name,))
-        if type(obj[name]) is not str:
-            raise _Invalid("must be a string", (name,))
-    ref = obj.get("ref")
-    if ref is not None and type(ref) is not str:
-        raise _Invalid("must be a string", ("ref",))
-    fields = {key: value for key, value in obj.items() if key not in _ERROR_MEMBERS}
-    return Error(code=obj["code"], message=obj["message"], ref=ref, fields=fields)
-
-
-def _unstructure_error(msg: Error) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": Error.TYPE, "code": msg.code, "message": msg.message}
-    if msg.ref is not None:
-        frame["ref"] = msg.ref
-    for name, value in msg.fields.items():
-        if name not in _ERROR_MEMBERS:  # the declared members win over a clashing field
-            frame[name] = value
-    return frame
-
-
-def _register_exact(
-    conv: cattrs.Converter,
-    exact: object,
-    structure: Callable[[Any, Any], Any],
-    unstructure: Callable[[Any], Any] | None = None,
-) -> None:
-    """Hooks for a type cattrs cannot dispatch on by class (``dict[str, int]``, a ``Literal``)."""
-    conv.register_structure_hook_func(lambda t: t == exact, structure)
-    if unstructure is not None:
-        conv.register_unstructure_hook_func(lambda t: t == exact, unstructure)
-
-
-def _make_converter() -> tuple[cattrs.Converter, dict[type, Callable[[Any], dict[str, Any]]]]:
-    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
-    conv.register_structure_hook(int, _structure_int)
-    conv.register_structure_hook(str, _structure_str)
-    conv.register_structure_hook(bool, _structure_bool)
-    _register_exact(conv, DeviceChange, _structure_change)
-    _register_exact(conv, dict[str, int], _structure_heads, _pass_through)
-    _register_exact(conv, list[str], _structure_strings, _pass_through)
-
-    conv.register_structure_hook(Limits, _object_hook(make_dict_structure_fn(Limits, conv)))
-    body = override(struct_hook=_structure_canonical_body, unstruct_hook=orjson.Fragment)
-    conv.register_structure_hook(
-        StoredEvent, _object_hook(make_dict_structure_fn(StoredEvent, conv, body=body))
-    )
-    conv.register_unstructure_hook(StoredEvent, make_dict_unstructure_fn(StoredEvent, conv, body=body))
-    _register_exact(conv, list[StoredEvent], _array_hook(conv.get_structure_hook(list[StoredEvent])))
-
-    unstructure: dict[type, Callable[[Any], dict[str, Any]]] = {}
-    generated: list[tuple[type, dict[str, Any]]] = []
-    for client_cls in CLIENT_MESSAGES:
-        overrides: dict[str, Any] = {"ref": override(struct_hook=_structure_ref)}
-        if client_cls is Publish:
-            overrides["body"] = override(struct_hook=_pass_through, unstruct_hook=_pass_through)
-        generated.append((client_cls, overrides))
-    generated.extend((cls, {}) for cls in SERVER_MESSAGES if cls is not Event and cls is not Error)
-    for cls, overrides in generated:
-        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **overrides))
-        unstructure[cls] = _tagged(cls, make_dict_unstructure_fn(cls, conv, **_omit_none(cls, overrides)))
-
-    # An event is a StoredEvent on the wire, plus its type; an error keeps its undeclared members.
-    structure_event = conv.get_structure_hook(StoredEvent)
-    unstructure_event = conv.get_unstructure_hook(StoredEvent)
-    conv.register_structure_hook(Event, lambda obj, _: Event(event=structure_event(obj, StoredEvent)))
-    unstructure[Event] = lambda msg: {"type": Event.TYPE, **unstructure_event(msg.event)}
-    conv.register_structure_hook(Error, _structure_error)
-    unstructure[Error] = _unstructure_error
-    for cls, hook in unstructure.items():
-        conv.register_unstructure_hook(cls, hook)
-    conv.register_structure_hook(ClientMessage, lambda obj, _: structure_client(obj))
-    conv.register_structure_hook(ServerMessage, _structure_server_union)
-    return conv, unstructure
-
-
-def _structure_server_union(obj: Mapping[str, object], _: object) -> ServerMessage:
-    return _structure(obj, _message_class(obj, _SERVER_TYPES))
-
-
-_CLIENT_TYPES: Final[Mapping[str, type[ClientMessage]]] = {cls.TYPE: cls for cls in CLIENT_MESSAGES}
-_SERVER_TYPES: Final[Mapping[str, type[ServerMessage]]] = {cls.TYPE: cls for cls in SERVER_MESSAGES}
-#: The members each message may carry on the wire (``type`` included); Event's are StoredEvent's.
-_MEMBERS: Final[Mapping[type, frozenset[str]]] = {
-    **{cls: frozenset({"type", *attrs.fields_dict(cls)}) for cls in (*CLIENT_MESSAGES, *SERVER_MESSAGES)},
-    Event: frozenset({"type", *attrs.fields_dict(StoredEvent)}),
-    Limits: frozenset(attrs.fields_dict(Limits)),
-    StoredEvent: frozenset(attrs.fields_dict(StoredEvent)),
-}
-
-#: The one converter: structures every message of both directions and unstructures them to wire dicts.
-#: Structuring the unions ``ClientMessage`` and ``ServerMessage`` raises only RelayError subclasses, as the
-#: functions above do; structuring one message class directly raises cattrs' own errors.
-converter, _UNSTRUCTURE = _make_converter()
-_CLIENT_UNSTRUCTURE: Final = {cls: _UNSTRUCTURE[cls] for cls in CLIENT_MESSAGES}
-_SERVER_UNSTRUCTURE: Final = {cls: _UNSTRUCTURE[cls] for cls in SERVER_MESSAGES}
-
-
 # --- decoding and encoding steps -----------------------------------------------------------------------
 
 
-def _message_class(obj: object, types: Mapping[str, type[T]]) -> type[T]:
-    if not isinstance(obj, dict):
-        raise _bad_request("must be an object", ())
-    kind = obj.get("type")
-    if type(kind) is not str:
-        raise _bad_request("missing member" if kind is None else "must be a string", ("type",))
-    cls = types.get(kind)
-    if cls is None:
-        raise UnknownType(detail=f"type {kind[:64]!r}")
-    return cls
-
-
-def _structure(obj: Mapping[str, object], cls: type[T]) -> T:
-    try:
-        return converter.structure(obj, cls)
-    except RelayError:
-        raise
-    except Exception as exc:  # cattrs' validation groups, and anything a hook raised: all bad_request
-        raise _to_bad_request(exc, obj) from None
-
-
-def _unknown_server_member(obj: Mapping[str, object], cls: type) -> _Path | None:
+def _unknown_server_member(obj: Mapping[str, object], cls: type) -> Path | None:
     if cls is Error:
         return None  # every undeclared member of an error is one of its fields
     for key in obj:
-        if key not in _MEMBERS[cls]:
+        if key not in MEMBERS[cls]:
             return (key,)
-    nested: list[tuple[_Path, object, type]] = []
+    nested: list[tuple[Path, object, type]] = []
     if cls is Welcome:
         nested.append((("limits",), obj.get("limits"), Limits))
     elif cls is ReplayPage and isinstance(events := obj.get("events"), list):
@@ -572,7 +214,7 @@ def _unknown_server_member(obj: Mapping[str, object], cls: type) -> _Path | None
     for prefix, value, inner in nested:
         if isinstance(value, dict):
             for key in value:
-                if key not in _MEMBERS[inner]:
+                if key not in MEMBERS[inner]:
                     return (*prefix, key)
     return None
 

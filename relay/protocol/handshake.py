@@ -1,4 +1,4 @@
-"""The WebSocket handshake of PROTOCOL.md §4.1 as sans-I/O state machines.
+"""The WebSocket handshake of PROTOCOL.md §4.1: the server's sans-I/O state machine.
 
 No I/O, no clock reads, no hidden randomness: the caller passes the time (``now_ms``) and may inject
 the source of random bytes. The server machine is driven by the gateway like this::
@@ -17,7 +17,9 @@ Every refusal is a :class:`relay.errors.RelayError`; during the handshake the se
 Calling :meth:`ServerHandshake.complete` or :meth:`ServerHandshake.welcome` in the wrong state is a bug
 of the caller, not of the peer: it raises :class:`HandshakeUsageError` (a ``RuntimeError``).
 
-:class:`ClientHandshake` is the other side, for the reference client and the tests.
+The client side, for the reference client and the tests, is
+:class:`relay.protocol.client_handshake.ClientHandshake`; it shares :data:`PROTOCOL_VERSION`,
+:data:`RandomBytes`, :class:`HandshakeUsageError` and :func:`new_nonce` with this module.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import attrs
 
 from relay import crypto
 from relay.errors import (
-    FIELD_NAMES,
     AccountDeleted,
     BadRequest,
     DeviceRevoked,
@@ -40,7 +41,6 @@ from relay.errors import (
     RelayError,
     Unauthorized,
     UnsupportedVersion,
-    error_by_code,
 )
 from relay.protocol import messages
 from relay.protocol.syntax import is_protocol_int, is_uuid
@@ -49,8 +49,6 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Authenticated",
-    "ClientHandshake",
-    "ClientState",
     "DeletedAccount",
     "DeviceLookup",
     "DeviceRecord",
@@ -80,7 +78,8 @@ def _new_session_id(random_bytes: RandomBytes) -> str:
     return str(uuid.UUID(bytes=raw, version=4))
 
 
-def _new_nonce(random_bytes: RandomBytes) -> str:
+def new_nonce(random_bytes: RandomBytes) -> str:
+    """A fresh nonce for ``hello`` or ``challenge`` (§4.1): the b64 of 32 random bytes."""
     raw = random_bytes(crypto.WS_NONCE_BYTES)
     if len(raw) != crypto.WS_NONCE_BYTES:
         raise HandshakeUsageError("the random source returned the wrong number of bytes")
@@ -208,7 +207,7 @@ class ServerHandshake:
             self._fail(BadRequest("nonce must be the base64url of 32 bytes", path="$.nonce"))
 
         session_id = _new_session_id(self._random_bytes)
-        server_nonce = _new_nonce(self._random_bytes)
+        server_nonce = new_nonce(self._random_bytes)
         self._challenged = _Challenged(
             session_id=session_id, device_id=msg.device_id, client_nonce=msg.nonce, server_nonce=server_nonce
         )
@@ -298,114 +297,3 @@ class ServerHandshake:
             streams_truncated=streams_truncated,
             online=others,
         )
-
-
-# --- the client side ---------------------------------------------------------------------------------
-
-
-class ClientState(enum.Enum):
-    READY = "ready"
-    AWAIT_CHALLENGE = "await_challenge"
-    AWAIT_WELCOME = "await_welcome"
-    DONE = "done"
-    FAILED = "failed"
-
-
-def _server_error(msg: messages.Error) -> RelayError:
-    """The error the server sent, as the matching class with its code-specific fields."""
-    exc = error_by_code(msg.code)(msg.message)
-    exc.fields.update({k: v for k, v in msg.fields.items() if k in FIELD_NAMES and v is not None})
-    return exc
-
-
-class ClientHandshake:
-    """The client side of one handshake (§4.1), for a device that pinned the server's key.
-
-    ``server_key`` is the pinned key, as b64 (from the pairing URI or ``GET /v1/server``). An ``error``
-    from the server is raised as the matching :class:`RelayError`; any other unexpected message is a
-    :class:`ProtocolError`. A challenge that does not verify against the pinned key raises
-    :class:`Unauthorized`: the client then closes with 1008 without sending ``auth``.
-    """
-
-    def __init__(
-        self,
-        device_key: crypto.SigningKey,
-        device_id: str,
-        server_key: str,
-        *,
-        random_bytes: RandomBytes = secrets.token_bytes,
-    ) -> None:
-        if not is_uuid(device_id):
-            raise ValueError("device_id must be a lowercase UUID")
-        pinned = crypto.b64decode(server_key, crypto.KEY_BYTES)
-        if pinned is None:
-            raise ValueError("server_key must be the base64url of a 32-byte key")
-        self._device_key = device_key
-        self._device_id = device_id
-        self._server_key = pinned
-        self._random_bytes = random_bytes
-        self._state = ClientState.READY
-        self._nonce: str | None = None
-        self._session_id: str | None = None
-        self._welcome: messages.Welcome | None = None
-
-    @property
-    def state(self) -> ClientState:
-        return self._state
-
-    @property
-    def session_id(self) -> str | None:
-        return self._session_id
-
-    @property
-    def welcomed(self) -> messages.Welcome | None:
-        return self._welcome
-
-    def _fail(self, exc: RelayError) -> NoReturn:
-        self._state = ClientState.FAILED
-        raise exc
-
-    def _unexpected(self, msg: object) -> NoReturn:
-        if isinstance(msg, messages.Error):
-            self._fail(_server_error(msg))
-        kind = getattr(msg, "TYPE", type(msg).__name__)
-        self._fail(ProtocolError(detail=f"{kind!s} in state {self._state.value}"))
-
-    def hello(self) -> messages.Hello:
-        """The ``hello`` to send first, with a fresh nonce."""
-        if self._state is not ClientState.READY:
-            raise HandshakeUsageError(f"hello() in state {self._state.value}")
-        self._nonce = _new_nonce(self._random_bytes)
-        self._state = ClientState.AWAIT_CHALLENGE
-        return messages.Hello(v=PROTOCOL_VERSION, device_id=self._device_id, nonce=self._nonce)
-
-    def receive_challenge(self, msg: messages.ServerMessage) -> messages.Auth:
-        """Check the server's ``challenge`` against the pinned key and return the ``auth`` to send."""
-        if self._state is not ClientState.AWAIT_CHALLENGE or not isinstance(msg, messages.Challenge):
-            self._unexpected(msg)
-        assert self._nonce is not None
-        if (
-            not is_uuid(msg.session_id)
-            or crypto.b64decode(msg.nonce, crypto.WS_NONCE_BYTES) is None
-            or crypto.b64decode(msg.server_key, crypto.KEY_BYTES) != self._server_key
-            or not crypto.verify(
-                self._server_key,
-                crypto.server_hello_string(msg.session_id, self._nonce, msg.nonce),
-                msg.server_sig,
-            )
-        ):
-            self._fail(Unauthorized("The server's challenge does not verify against the pinned key"))
-        self._session_id = msg.session_id
-        self._state = ClientState.AWAIT_WELCOME
-        signed = crypto.client_auth_string(msg.session_id, self._device_id, self._nonce, msg.nonce)
-        return messages.Auth(sig=self._device_key.sign(signed))
-
-    def receive_welcome(self, msg: messages.ServerMessage) -> messages.Welcome:
-        """Accept the server's ``welcome``; it must name this session and this device."""
-        if self._state is not ClientState.AWAIT_WELCOME or not isinstance(msg, messages.Welcome):
-            self._unexpected(msg)
-        if msg.session_id != self._session_id or msg.device_id != self._device_id:
-            self._fail(ProtocolError("The welcome is for another session or device"))
-        self._welcome = msg
-        self._state = ClientState.DONE
-        return msg

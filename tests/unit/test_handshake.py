@@ -20,10 +20,9 @@ from relay.errors import (
     UnsupportedVersion,
 )
 from relay.protocol import messages
+from relay.protocol.client_handshake import ClientHandshake, ClientState
 from relay.protocol.handshake import (
     Authenticated,
-    ClientHandshake,
-    ClientState,
     DeletedAccount,
     DeviceLookup,
     DeviceRecord,

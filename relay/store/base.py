@@ -1,12 +1,17 @@
 """The store contract: what the gateway, the HTTP layer and the admin commands may ask of a store.
 
-Implementations (``sqlite.py``; ``postgres.py`` later) live beside this module and are chosen by
-``relay.app`` from the settings; nothing outside ``relay/store/`` imports them or holds SQL.
+Implementations (``sqlite.py``, ``memory.py`` for tests; ``postgres.py`` later) live beside this module
+and are chosen by ``relay.app`` from the settings; nothing outside ``relay/store/`` imports them (tests
+and the app's wiring excepted) or holds SQL. The contract suite in ``tests/store`` runs against each.
 
 Every method is async and cancellation-safe: a cancelled call either completed or left nothing behind.
+A write whose caller is cancelled after handing it to the store may still commit (as a whole) or not;
+the caller just stops waiting for the answer (a publish is then retried with the same ``id``).
 Driver errors never escape: they are raised as :class:`relay.errors.StoreUnavailable` (``from exc``).
-Time is passed in (``now_ms``) so the store never reads a clock of its own, except where a method says
-so. User-facing refusals are the errors of :mod:`relay.errors` named in each docstring.
+Time is passed in (``now_ms``, ``received_at``) so the store never reads a clock of its own, and so is
+the clock skew: *expired* is always :func:`relay.protocol.validation.is_expired`
+(``now_ms > expires_at + clock_skew_ms``). User-facing refusals are the errors of :mod:`relay.errors`
+named in each docstring.
 """
 
 from __future__ import annotations
@@ -82,7 +87,11 @@ class Enrollment:
 
 @attrs.frozen(kw_only=True)
 class AppendRequest:
-    """One validated publish (relay.protocol.validation.AcceptedPublish) from one device."""
+    """One validated publish (relay.protocol.validation.AcceptedPublish) from one device.
+
+    ``received_at`` is the server's clock when the publish was accepted: it is stored, and it is the
+    "now" of the quota checks (which count only unexpired events, using ``clock_skew_ms``).
+    """
 
     user_id: str
     device_id: str
@@ -95,6 +104,7 @@ class AppendRequest:
     received_at: int
     max_streams: int
     max_stored_bytes: int
+    clock_skew_ms: int
 
 
 @attrs.frozen(kw_only=True)
@@ -105,6 +115,28 @@ class Appended:
     duplicate: bool
 
 
+@attrs.frozen(kw_only=True)
+class MigrationStatus:
+    """Migrations by name, in the order they apply (``relay admin db status``)."""
+
+    applied: list[str]
+    pending: list[str]
+
+
+@attrs.frozen(kw_only=True)
+class StoreStatistics:
+    """A snapshot of the store's write path (trio's ``statistics()`` convention).
+
+    ``write_transactions`` counts the write transactions run since the store opened (committed or
+    rolled back); ``write_requests`` the write requests they carried. With group commit the first is
+    smaller than the second. ``write_queue_depth`` is how many write requests wait for the writer now.
+    """
+
+    write_transactions: int
+    write_requests: int
+    write_queue_depth: int
+
+
 class Store(Protocol):
     """What relay asks of its database. See the module docstring for the rules every method keeps."""
 
@@ -112,6 +144,14 @@ class Store(Protocol):
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations (under a lock); return the names applied."""
+        ...
+
+    async def migration_status(self) -> MigrationStatus:
+        """Which migrations are applied and which are pending."""
+        ...
+
+    def statistics(self) -> StoreStatistics:
+        """A snapshot of the write path's counters."""
         ...
 
     async def close(self) -> None:
@@ -137,15 +177,21 @@ class Store(Protocol):
         issued_by: str | None = None,
         bound_key: bytes | None = None,
     ) -> IssuedToken:
-        """Another enrolment token. :class:`relay.errors.NotFound` for an unknown user."""
+        """Another enrolment token, valid while ``now_ms <= expires_at``.
+
+        :class:`relay.errors.NotFound` for an unknown user, or an ``issued_by`` device that is not the
+        user's; :class:`relay.errors.DeviceRevoked` when ``issued_by`` was revoked.
+        """
         ...
 
     async def enroll(self, enrollment: Enrollment) -> DeviceRecord:
         """Consume the token and create the device, in one transaction.
 
-        Refusals (the token stays usable for every one but success): :class:`InvalidToken` (unknown,
-        used, expired, voided, or bound to another key), :class:`NameTaken`, :class:`KeyInUse`,
-        :class:`TooManyDevices`.
+        Refusals, checked in this order (the token stays usable for every one but success):
+        :class:`InvalidToken` (unknown, used, expired (``now_ms > expires_at``), voided, bound to another
+        key, or issued by a device since revoked), :class:`NameTaken` (``name_key`` of a non-revoked
+        device of the user), :class:`KeyInUse` (any device of the server, revoked ones included),
+        :class:`TooManyDevices` (``max_devices`` non-revoked devices already).
         """
         ...
 
@@ -165,14 +211,33 @@ class Store(Protocol):
         """Record ``last_seen_at`` (called when a session closes)."""
         ...
 
+    async def revoke_device(self, device_id: str, *, now_ms: int, user_id: str | None = None) -> DeviceRecord:
+        """Revoke the device (§5) and void the unused tokens it issued; return it as revoked.
+
+        Idempotent: an already revoked device is returned unchanged (its first ``revoked_at``).
+        :class:`NotFound` for an unknown device, or one of another user when ``user_id`` is given
+        (``None``: an operator). After this commits no append of the device commits, and its name is
+        free again.
+        """
+        ...
+
     # --- events ----------------------------------------------------------------------------------
 
     async def append(self, request: AppendRequest) -> Appended:
         """Store one event and commit; return only once it is durable.
 
         Appends that arrive together share one transaction (group commit); each succeeds or fails
-        alone. Refusals: :class:`IdConflict`, :class:`SeqConflict` (with ``head``),
-        :class:`QuotaExceeded`, :class:`DeviceRevoked` (the device was revoked before the commit).
+        alone. Checked in the order of PROTOCOL.md §4.2, steps 3 to 6:
+
+        - :class:`QuotaExceeded` when storing the event would make the user hold more than
+          ``max_streams`` streams with unexpired events or more than ``max_stored_bytes`` of unexpired
+          bodies. A retry of an event already stored adds nothing, so it never exceeds a quota;
+        - a duplicate (same device and ``id``, same ``stream`` and body bytes) answers the stored
+          event with ``duplicate=True``, whatever the head is now; the same ``id`` with another stream
+          or body is :class:`IdConflict`. An id is remembered until its event is purged;
+        - :class:`SeqConflict` (with ``head``) when ``expect_seq`` is given and is not the head;
+        - :class:`DeviceRevoked` when the device was revoked before this commit;
+          :class:`AccountDeleted` when the device no longer exists.
         """
         ...
 
@@ -181,21 +246,29 @@ class Store(Protocol):
         ...
 
     async def read_events(
-        self, user_id: str, stream: str, *, after: int, head: int, limit: int, now_ms: int
+        self, user_id: str, stream: str, *, after: int, head: int, limit: int, now_ms: int, clock_skew_ms: int
     ) -> list[StoredEvent]:
         """Unexpired events with ``after < seq <= head`` in seq order, at most ``limit``."""
         ...
 
     async def list_streams(
-        self, user_id: str, *, after: str | None, limit: int, now_ms: int
+        self, user_id: str, *, after: str | None, limit: int, now_ms: int, clock_skew_ms: int
     ) -> list[tuple[str, int]]:
         """Streams holding unexpired events, in byte order of name after ``after``, with heads."""
         ...
 
-    async def recent_streams(self, user_id: str, *, limit: int, now_ms: int) -> tuple[dict[str, int], bool]:
-        """The ``limit`` most recently written streams holding unexpired events, and whether more exist."""
+    async def recent_streams(
+        self, user_id: str, *, limit: int, now_ms: int, clock_skew_ms: int
+    ) -> tuple[dict[str, int], bool]:
+        """The ``limit`` most recently written streams holding unexpired events, and whether more exist.
+
+        Most recent first by the ``received_at`` of their last event, ties in byte order of name.
+        """
         ...
 
     async def purge_expired(self, *, now_ms: int, clock_skew_ms: int, batch: int) -> int:
-        """Delete up to ``batch`` expired events; heads never decrease. Returns how many were deleted."""
+        """Delete up to ``batch`` expired events, soonest expired first, in one short transaction.
+
+        Heads never decrease. Returns how many were deleted: call again while it returns ``batch``.
+        """
         ...

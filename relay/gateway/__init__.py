@@ -1,0 +1,22 @@
+"""The trio side of a WebSocket session (PROTOCOL.md §4; ARCHITECTURE.md "A session, as tasks").
+
+:class:`Gateway` serves ``/v1/ws`` at the ASGI level. Modules, one job each:
+
+- :mod:`~relay.gateway.gateway`: the gateway (ASGI entry, ``heads`` ticker, graceful shutdown);
+- :mod:`~relay.gateway.asgi`: the raw ASGI WebSocket protocol and the ``/v1/ws`` router;
+- :mod:`~relay.gateway.session`: one session: its nursery, delivery, and how it closes;
+- :mod:`~relay.gateway.work`: what a session runs: the handshake, then its tasks;
+- :mod:`~relay.gateway.handshake`, :mod:`~relay.gateway.reader`, :mod:`~relay.gateway.publisher`,
+  :mod:`~relay.gateway.pager`, :mod:`~relay.gateway.watchdog`: those tasks;
+- :mod:`~relay.gateway.inbound`: incoming frames, checked before they are parsed;
+- :mod:`~relay.gateway.outbox`: the bounded outgoing queue and the writer;
+- :mod:`~relay.gateway.fitting`: keeping frames within ``max_frame_bytes``;
+- :mod:`~relay.gateway.context`: the dependencies sessions share, and the admission seam.
+"""
+
+from __future__ import annotations
+
+from relay.gateway.context import Admission, AdmitAll
+from relay.gateway.gateway import Gateway
+
+__all__ = ["Admission", "AdmitAll", "Gateway"]

@@ -1,0 +1,141 @@
+"""The gateway: serves ``/v1/ws`` at the ASGI level, one :class:`Session` per connection.
+
+``app.py`` builds one :class:`Gateway`, puts :meth:`Gateway.wrap_asgi` in front of Quart's ASGI app,
+starts :meth:`Gateway.run` (the ``heads`` ticker) in its service nursery, and calls
+:meth:`Gateway.shutdown` when the server is asked to stop. Each connection's session runs in the task
+Hypercorn gives the connection (:meth:`Gateway.handle`); one session's failure never reaches another.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl
+
+import trio
+
+from relay.bus.base import Bus
+from relay.clock import Clock
+from relay.config import Settings
+from relay.crypto import SigningKey
+from relay.errors import BadRequest, GoingAway
+from relay.gateway.asgi import AsgiApp, AsgiWebSocket, Receive, Scope, Send, route_websocket
+from relay.gateway.context import Admission, AdmitAll, GatewayContext
+from relay.gateway.session import Session
+from relay.gateway.work import run_work
+from relay.protocol.paths import bad_request
+from relay.store.base import Store
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("relay.gateway")
+
+
+class Gateway:
+    """Every live WebSocket session of this node, and the background work they share.
+
+    ``admission`` is the seam for rate limits and quotas beyond the store's (default: admit all).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        clock: Clock,
+        server_key: SigningKey,
+        token_secret: bytes,
+        admission: Admission | None = None,
+    ) -> None:
+        self._ctx = GatewayContext(
+            settings=settings,
+            store=store,
+            bus=bus,
+            clock=clock,
+            server_key=server_key,
+            token_secret=token_secret,
+            admission=admission if admission is not None else AdmitAll(),
+            limits=settings.limits,
+        )
+        #: Live sessions, in the order they connected (a dict: ordered, unlike a set).
+        self._sessions: dict[Session, None] = {}
+        self._draining = False
+        self._session_ended = trio.Event()
+
+    @property
+    def session_count(self) -> int:
+        """Live sessions on this node (handshakes included)."""
+        return len(self._sessions)
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`shutdown` began: new connections are refused with ``going_away``."""
+        return self._draining
+
+    def wrap_asgi(self, inner: AsgiApp) -> AsgiApp:
+        """An ASGI app serving the WebSocket scope of ``/v1/ws`` here and everything else with ``inner``."""
+        return route_websocket(self.handle, inner)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one WebSocket connection (an ASGI ``websocket`` scope) until it closes."""
+        ws = AsgiWebSocket(scope, receive, send)
+        if not await ws.wait_connect():
+            return
+        await ws.accept()
+        session = Session(ctx=self._ctx, ws=ws, opened_at=trio.current_time())
+        if self._draining:
+            session.refuse(GoingAway())
+        elif (refusal := _query_refusal(ws.query_string)) is not None:
+            session.refuse(refusal)
+        self._sessions[session] = None
+        try:
+            await session.run(run_work)
+        except* Exception as group:  # only a bug gets here; the session's own errors are answered
+            log.error("a WebSocket session failed", exc_info=group)
+        finally:
+            self._sessions.pop(session, None)
+            self._session_ended.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The ``heads`` ticker (§4.3): every ``heartbeat_ms``, each session hears of the heads that
+        changed since its last ``heads`` or ``welcome``. Runs until cancelled."""
+        interval = self._ctx.settings.heartbeat_ms / 1000
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            for session in list(self._sessions):
+                session.flush_heads()
+
+    async def shutdown(self) -> None:
+        """Graceful shutdown of the sessions (PROTOCOL.md §8); returns once every session has ended.
+
+        New connections are refused with ``going_away``; every session stops reading at once; the
+        publishes already read are committed and acked; then sessions get ``going_away`` (1001), spread
+        evenly over ``drain_timeout_ms`` so that clients do not all reconnect at once.
+        """
+        self._draining = True
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.stop_reading()
+        step = self._ctx.settings.drain_timeout_ms / 1000 / max(len(sessions), 1)
+        start = trio.current_time()
+        for index, session in enumerate(sessions):
+            await trio.sleep_until(start + index * step)
+            session.close(GoingAway(), graceful=True)
+        while self._sessions:
+            self._session_ended = trio.Event()
+            for session in list(self._sessions):
+                if not session.closing:  # connected during the drain, before it was refused
+                    session.close(GoingAway())
+            await self._session_ended.wait()
+
+
+def _query_refusal(query_string: bytes) -> BadRequest | None:
+    """``/v1/ws`` takes no query parameter: the first one is refused like an unknown member (§1).
+
+    The path is ``$.query.<name>``, the spelling the HTTP endpoints use.
+    """
+    names = [name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)]
+    if not names:
+        return None
+    return bad_request("unknown query parameter", ("query", names[0]))

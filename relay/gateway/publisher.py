@@ -1,0 +1,144 @@
+"""The publish path of one session (PROTOCOL.md §4.2, ARCHITECTURE.md "Publish path").
+
+The reader hands every ``publish`` frame here, parsed but not yet checked, so that every answer to a
+publish (``ack`` or ``error``) leaves in the order the publishes were received. For each, in order:
+structure and validate (steps 1-2, with the server's clock) → admission (step 3: the seam for rate
+limits) → ``store.append`` (quota, idempotency, ``expect_seq``, seq, commit: steps 3-6) → hand the
+committed event to the bus → ``ack``. A duplicate is acked as the original and not fanned out again.
+
+The commit and the hand-over to the bus are shielded from cancellation (and bounded): once the store
+has the event, a session that dies meanwhile does not keep the user's other sessions from hearing of
+it. That is also why the ack is queued after the hand-over; it still leaves only after the commit.
+
+At most ``max_inflight`` publishes are between the reader and their answer: the reader takes a slot of
+:class:`InflightSlots` before reading each frame and stops reading while none is free; the slot of a
+publish comes back here once its answer is queued.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from relay.errors import (
+    BusLost,
+    BusUnavailable,
+    RelayError,
+    RequestError,
+    SessionError,
+    StoreUnavailable,
+    Unavailable,
+)
+from relay.gateway.session import Session
+from relay.protocol.codec import AnswerContext, answer_context, encode_server, structure_client
+from relay.protocol.messages import Ack, JsonValue, Publish
+from relay.protocol.validation import AcceptedPublish, validate_publish
+from relay.store.base import Appended, AppendRequest
+
+__all__ = ["COMMIT_TIMEOUT_S", "DEFAULT_RETRY_AFTER_MS", "PublishItem", "run_publisher"]
+
+#: How long one commit, or one hand-over to the bus, may take before the publish is given up on.
+COMMIT_TIMEOUT_S = 10.0
+#: ``retry_after_ms`` of an ``unavailable`` answer when the store did not say.
+DEFAULT_RETRY_AFTER_MS = 1000
+
+
+@attrs.frozen
+class PublishItem:
+    """A ``publish`` frame as parsed by the reader; it holds one in-flight slot until answered."""
+
+    obj: dict[str, JsonValue]
+
+
+async def run_publisher(
+    session: Session, items: trio.MemoryReceiveChannel[PublishItem], slots: trio.Semaphore
+) -> None:
+    """Commit and answer publishes in order until the reader closes the channel and it is drained."""
+    async for item in items:
+        try:
+            await _publish_one(session, item.obj)
+        finally:
+            slots.release()
+
+
+async def _publish_one(session: Session, obj: dict[str, JsonValue]) -> None:
+    ctx = answer_context(obj)
+    now = session.ctx.clock.now_ms()  # the publish's "server now": its checks, and its received_at
+    try:
+        accepted = _accept(session, obj, now)
+        appended = await _commit(session, accepted, now)
+    except SessionError as exc:  # device_revoked, account_deleted, bus_lost: the session ends
+        session.close(exc, ctx=ctx)
+        return
+    except Unavailable as exc:
+        retry = exc.fields.get("retry_after_ms")
+        await _refuse(session, Unavailable(retry_after_ms=retry or DEFAULT_RETRY_AFTER_MS), ctx)
+        return
+    except RequestError as exc:
+        await _refuse(session, exc, ctx)
+        return
+    event = appended.event
+    ack = Ack(
+        id=event.id,
+        stream=event.stream,
+        seq=event.seq,
+        received_at=event.received_at,
+        expires_at=event.expires_at,
+        duplicate=appended.duplicate,
+        ref=accepted.ref,
+    )
+    await session.answer(encode_server(ack))
+
+
+async def _refuse(session: Session, exc: RelayError, ctx: AnswerContext) -> None:
+    await session.answer_error(exc, ctx)
+
+
+def _accept(session: Session, obj: dict[str, JsonValue], now: int) -> AcceptedPublish:
+    """Steps 1-3 of §4.2 that need no store: fields, sizes, time, admission."""
+    msg = structure_client(obj)
+    assert isinstance(msg, Publish)  # the reader sends only frames of type publish
+    ctx = session.ctx
+    accepted = validate_publish(msg, limits=ctx.limits, now_ms=now)
+    ctx.admission.check_publish(
+        user_id=session.user_id, device_id=session.device_id, body_size=accepted.body_size, now_ms=now
+    )
+    return accepted
+
+
+async def _commit(session: Session, accepted: AcceptedPublish, now: int) -> Appended:
+    """Append (steps 3-6) and, unless it is a duplicate, hand the event to the bus; both shielded."""
+    ctx = session.ctx
+    settings = ctx.settings
+    request = AppendRequest(
+        user_id=session.user_id,
+        device_id=session.device_id,
+        id=accepted.id,
+        stream=accepted.stream,
+        ts=accepted.ts,
+        expires_at=accepted.expires_at,
+        expect_seq=accepted.expect_seq,
+        body=accepted.body,
+        received_at=now,
+        max_streams=settings.max_streams,
+        max_stored_bytes=settings.max_stored_bytes,
+        clock_skew_ms=settings.clock_skew_ms,
+    )
+    appended: Appended | None = None
+    with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
+        appended = await ctx.store.append(request)
+    if appended is None:
+        raise StoreUnavailable(detail="the commit did not finish in time")
+    if appended.duplicate:
+        return appended
+    session.note_head(appended.event.stream, appended.event.seq)
+    handed = False
+    with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
+        try:
+            await ctx.bus.publish(session.user_id, appended.event, origin_session_id=session.session_id)
+            handed = True
+        except BusUnavailable as exc:  # the event is stored, but live delivery broke
+            raise BusLost(detail=f"the bus refused a committed event: {exc}") from exc
+    if not handed:
+        raise BusLost(detail="handing a committed event to the bus timed out")
+    return appended

@@ -1,0 +1,69 @@
+"""Fixtures of the gateway tests: a gateway over a ``MemoryStore`` and the local bus, on a clock driven by
+trio's (tests take ``autojump_clock`` so that every timer runs in virtual time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from gateway_harness import NOW, Relay, RelayFactory
+
+from relay import crypto
+from relay.bus.local import LocalBus
+from relay.clock import TrioClock
+from relay.config import Settings
+from relay.crypto import SigningKey
+from relay.gateway import Admission, Gateway
+from relay.store.base import Store
+from relay.store.memory import MemoryStore
+
+
+@pytest.fixture
+def make_relay(nursery: trio.Nursery) -> RelayFactory:
+    """``await make_relay(store=..., bus=..., admission=..., **settings)``: a gateway with these settings.
+
+    ``store`` wraps ``memory`` (a ``FaultyStore``) when a test injects failures; ``memory`` is where the
+    helpers enrol users and devices.
+    """
+
+    async def make(
+        *,
+        store: Store | None = None,
+        memory: MemoryStore | None = None,
+        bus: LocalBus | None = None,
+        admission: Admission | None = None,
+        **settings: Any,
+    ) -> Relay:
+        base = memory if memory is not None else MemoryStore()
+        config = Settings(**settings)
+        server_key = SigningKey.generate()
+        clock = TrioClock.starting_at(NOW)
+        bus = bus if bus is not None else LocalBus()
+        used: Store = store if store is not None else base
+        gateway = Gateway(
+            settings=config,
+            store=used,
+            bus=bus,
+            clock=clock,
+            server_key=server_key,
+            token_secret=crypto.new_secret(),
+            admission=admission,
+        )
+        return Relay(
+            nursery=nursery,
+            settings=config,
+            store=used,
+            memory=base,
+            bus=bus,
+            clock=clock,
+            server_key=server_key,
+            gateway=gateway,
+        )
+
+    return make
+
+
+@pytest.fixture
+async def relay(make_relay: RelayFactory) -> Relay:
+    return await make_relay()

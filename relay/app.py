@@ -1,139 +1,261 @@
-"""The QuartTrio app, and serving it with Hypercorn's trio worker.
+"""The QuartTrio app: store, bus, gateway and routes, wired from Settings, with their lifespan.
 
-For now the app answers ``GET /healthz`` only (PROTOCOL.md §6), gives every response an
-``X-Request-ID`` and answers errors with the §6 error body. The store, the bus, the gateway and the
-other routes are wired here later.
+:func:`create_app` builds the app; nothing runs until its lifespan starts (Hypercorn's, or
+``app.test_app()`` in tests). Start-up, in order (:class:`Services`):
+
+1. open the store when the app opens its own (SQLite in the data dir) and apply pending migrations
+   (under the store's lock, so nodes starting together are safe);
+2. load the server's secrets, creating them on the first start;
+3. build the gateway and install its ASGI wrapper in front of Quart (``app.asgi_app``), so that the
+   WebSocket scope of ``/v1/ws`` is served raw, without Quart's per-message machinery;
+4. start the bus, the gateway (its ``heads`` ticker) and the purge of expired events, in one cancel
+   scope of the app's nursery.
+
+A store that cannot be reached stops the start-up with :class:`StartupFailed` (one line for the
+operator). When the server is asked to stop, :meth:`Services.begin_drain` starts the gateway's
+graceful drain while Hypercorn lets connections finish; after that (lifespan shutdown), the services
+are cancelled and awaited, then the store is closed. HTTP routes live in :mod:`relay.http`; serving
+is :mod:`relay.serving`.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Awaitable, Callable
-from functools import partial
+from typing import Any
 
+import attrs
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
-from relay import __version__
+from relay.bus.base import Bus
+from relay.bus.local import LocalBus
+from relay.clock import Clock, SystemClock
 from relay.config import Settings
-from relay.errors import (
-    BadRequest,
-    InternalError,
-    MethodNotAllowed,
-    NotFound,
-    RelayError,
-    TooLarge,
-    error_payload,
-)
-from relay.protocol.syntax import is_request_id
+from relay.errors import StoreUnavailable
+from relay.gateway import Gateway
+from relay.http import enroll, server
+from relay.http.errors import install_error_handling
+from relay.http.runtime import EXTENSION, Runtime
+from relay.store.base import Store
 
-__all__ = ["create_app", "hypercorn_config", "serve"]
+__all__ = [
+    "PURGE_BATCH",
+    "PURGE_INTERVAL_S",
+    "RelayApp",
+    "Services",
+    "StartupFailed",
+    "create_app",
+    "open_default_store",
+    "purge_expired_events",
+]
 
 log = logging.getLogger("relay")
 
-REQUEST_ID_HEADER = "X-Request-ID"
-
-#: Werkzeug's routing and body-size refusals, as errors of our tree (§6).
-_HTTP_ERRORS: dict[int, type[RelayError]] = {
-    400: BadRequest,
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: TooLarge,
-}
+#: How often expired events are purged, in seconds of trio's clock.
+PURGE_INTERVAL_S = 60
+#: Events deleted per purge transaction: short transactions, so publishes never wait long behind one.
+PURGE_BATCH = 1000
 
 
-def _request_id() -> str:
-    known: str | None = g.get("request_id")
-    if known is not None:
-        return known
-    sent = request.headers.get(REQUEST_ID_HEADER)
-    value = sent if sent is not None and is_request_id(sent) else uuid.uuid4().hex
-    g.request_id = value
-    return value
+class StartupFailed(Exception):
+    """The app could not start (its database, its secrets); ``str()`` is one line for the operator."""
 
 
-def create_app(settings: Settings) -> QuartTrio:
-    """The app for ``settings``; serve it with :func:`serve` (or drive it with ``app.test_client()``)."""
-    app = QuartTrio("relay")
+async def open_default_store(settings: Settings) -> Store:
+    """Open the store ``settings`` ask for: SQLite in ``settings.data_dir`` (created if needed).
+
+    PostgreSQL (``RELAY_DATABASE_URL``) is not available in this version; :mod:`relay.cli` refuses to
+    start with it set, so that data never lands in SQLite by mistake. Raises
+    :class:`relay.errors.StoreUnavailable` when the database cannot be opened.
+    """
+    from relay.store.sqlite import SqliteStore
+
+    return await SqliteStore.open(settings.data_dir)
+
+
+def create_app(
+    settings: Settings, *, store: Store | None = None, clock: Clock | None = None, bus: Bus | None = None
+) -> RelayApp:
+    """The whole app for ``settings``. Serve it with :func:`relay.serving.serve`, or in tests enter
+    ``app.test_app()`` (which runs the start-up) and use ``app.test_client()``.
+
+    ``store``, ``clock`` and ``bus`` replace the defaults (SQLite in the data dir, opened at start-up;
+    the system clock; the in-process bus). The app owns its store, given or opened, and closes it on
+    shutdown.
+    """
+    runtime = Runtime(
+        settings=settings,
+        store=store,
+        clock=clock if clock is not None else SystemClock(),
+        bus=bus if bus is not None else LocalBus(),
+    )
+    app = RelayApp("relay")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_frame_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
-
-    def error_response(exc: BaseException, status: int) -> Response:
-        payload = error_payload(exc, request_id=_request_id(), production=settings.production, http=True)
-        response = jsonify({"error": payload})
-        response.status_code = status
-        return response
-
-    @app.before_request
-    async def assign_request_id() -> None:
-        _request_id()
-
-    @app.after_request
-    async def add_request_id(response: Response) -> Response:
-        response.headers[REQUEST_ID_HEADER] = _request_id()
-        return response
-
-    @app.errorhandler(RelayError)
-    async def relay_error(exc: RelayError) -> Response:
-        return error_response(exc, exc.http_status)
-
-    @app.errorhandler(HTTPException)
-    async def http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        known = _HTTP_ERRORS.get(status)
-        error: RelayError = known() if known is not None else InternalError(detail=str(exc))
-        response = error_response(error, status if known is not None else 500)
-        for name, value in exc.get_headers():
-            if name.lower() == "allow":  # 405 names the methods the route has
-                response.headers["Allow"] = value
-        return response
-
-    @app.errorhandler(Exception)
-    async def unexpected_error(exc: Exception) -> Response:
-        log.exception("internal error (request id %s)", _request_id())
-        return error_response(exc, 500)
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return jsonify({"status": "ok"})
-
+    app.extensions[EXTENSION] = runtime
+    install_error_handling(app, settings)
+    app.register_blueprint(server.blueprint)
+    app.register_blueprint(enroll.blueprint)
+    app.services = Services(app=app, runtime=runtime)
     return app
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    """Hypercorn's configuration for ``settings``: one loopback or public bind, our logging."""
-    config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    config.graceful_timeout = settings.drain_timeout_ms / 1000
-    config.include_server_header = False
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    return config
+class RelayApp(QuartTrio):
+    """The QuartTrio app, with relay's :class:`Services` started before and stopped after serving.
+
+    They are started here rather than as a ``before_serving`` hook so that a failure (the database
+    cannot be opened) is reported once, as one line, instead of also as Quart's traceback.
+    """
+
+    services: Services
+
+    async def startup(self) -> None:
+        try:
+            await self.services.start()
+        except StartupFailed:
+            raise
+        except Exception:
+            log.exception("cannot start")
+            with trio.CancelScope(shield=True):
+                await self.services.stop()
+            raise
+        try:
+            await super().startup()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.services.stop()
+            raise
+
+    async def shutdown(self) -> None:
+        try:
+            await super().shutdown()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.services.stop()
 
 
-async def serve(
+@attrs.define(eq=False)
+class Services:
+    """The long-running tasks of one app and their lifespan: one cancel scope in the app's nursery."""
+
+    app: RelayApp
+    runtime: Runtime
+    _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _done: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _plain_asgi: Any = attrs.field(default=None, init=False)
+    #: The gateway, once started.
+    gateway: Gateway | None = attrs.field(default=None, init=False)
+    _stopped: bool = attrs.field(default=False, init=False)
+    #: True once :meth:`start` has completed: the app serves.
+    started: bool = attrs.field(default=False, init=False)
+
+    async def start(self) -> None:
+        """Open and migrate the store, load the secrets, install the gateway, start the services.
+
+        A store that cannot be reached raises :class:`StartupFailed`, after closing the store.
+        """
+        runtime = self.runtime
+        try:
+            if not runtime.has_store:
+                runtime.set_store(await open_default_store(runtime.settings))
+            applied = await runtime.store.migrate()
+            runtime.set_secrets(await runtime.store.load_or_create_secrets())
+        except StoreUnavailable as exc:
+            await self.stop()
+            raise StartupFailed(f"the database is unavailable: {exc.detail or exc.message}") from exc
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        gateway = self._build_gateway()
+        self._plain_asgi = self.app.asgi_app
+        self.app.asgi_app = gateway.wrap_asgi(self._plain_asgi)  # type: ignore[method-assign,assignment]
+        self.gateway = gateway
+        await self.app.nursery.start(self._run, gateway)
+        self.started = True
+
+    def begin_drain(self) -> None:
+        """The server was asked to stop: drain the WebSocket sessions gracefully (PROTOCOL.md §8).
+
+        Call when the shutdown is triggered, while Hypercorn still lets connections finish: the gateway
+        stops reading, acks what it accepted, and closes its sessions 1001 ``going_away`` spread over
+        ``drain_timeout_ms``. Does nothing before start-up or after :meth:`stop`.
+        """
+        if self.gateway is not None and self._nursery is not None and not self._stopped:
+            self._nursery.start_soon(self.gateway.shutdown)
+
+    async def _run(
+        self, gateway: Gateway, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        runtime = self.runtime
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(runtime.bus.run)
+                    await nursery.start(gateway.run)
+                    await nursery.start(purge_expired_events, runtime.store, runtime.clock, runtime.settings)
+                    task_status.started()
+        finally:
+            self._done.set()
+
+    def _build_gateway(self) -> Gateway:
+        runtime = self.runtime
+        return Gateway(
+            settings=runtime.settings,
+            store=runtime.store,
+            bus=runtime.bus,
+            clock=runtime.clock,
+            server_key=runtime.server_key,
+            token_secret=runtime.token_secret,
+        )
+
+    async def stop(self) -> None:
+        """Cancel the services, wait until they have stopped, then close the store. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._done.wait()
+        if self._plain_asgi is not None:
+            self.app.asgi_app = self._plain_asgi  # type: ignore[method-assign]
+        if self.runtime.has_store:
+            await self.runtime.store.close()
+
+
+async def purge_expired_events(
+    store: Store,
+    clock: Clock,
     settings: Settings,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]],
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    interval_s: float = PURGE_INTERVAL_S,
+    batch: int = PURGE_BATCH,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the app until ``shutdown_trigger`` returns, then shut down gracefully and return.
+    """Every ``interval_s``, delete expired events in transactions of ``batch``, until none is left.
 
-    Reports the bound URLs (``["http://127.0.0.1:8080"]``) through ``task_status`` once listening;
-    ``--port 0`` binds a free port, which the URL shows. An address that cannot be bound raises
-    :class:`OSError` before ``started``.
+    Runs until cancelled. A store that is unavailable (or any other failure, logged) is tried again at
+    the next interval; heads never decrease (the store keeps them).
     """
-    app = create_app(settings)
-    config = hypercorn_config(settings)
-    async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger)
-        )
-        log.info("relay %s listening on %s", __version__, ", ".join(urls))
-        task_status.started(urls)
+    task_status.started()
+    while True:
+        await trio.sleep(interval_s)
+        total = 0
+        try:
+            while True:
+                deleted = await store.purge_expired(
+                    now_ms=clock.now_ms(), clock_skew_ms=settings.clock_skew_ms, batch=batch
+                )
+                total += deleted
+                if deleted < batch:
+                    break
+                await trio.lowlevel.checkpoint()  # let other work in between batches
+        except StoreUnavailable as exc:
+            log.warning("purge of expired events postponed: %s", exc.detail or exc.message)
+        except Exception:
+            # A bug here must not stop the server: expired events are never served anyway (every
+            # read filters them), they only take room until a later purge succeeds.
+            log.exception("purge of expired events failed; trying again in %s s", interval_s)
+        if total:
+            log.info("purged %d expired events", total)

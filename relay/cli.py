@@ -1,14 +1,15 @@
 """The ``relay`` command: ``relay serve`` and the ``relay admin ...`` tree of PROTOCOL.md §8.
 
 This module is the entry point that reads ``os.environ``. Exit status: 0 on success, 1 when a
-command is refused (including, in this version, every admin command: the store they need is not
-built yet), 2 for bad arguments or a bad setting. A refusal is one line, the last on stderr.
+command is refused (an unknown id, a command not available in this version, an address already in
+use, a database that cannot be opened), 2 for bad arguments or a bad setting. A refusal is one line,
+the last on stderr. The admin commands themselves are :mod:`relay.admin`; they log nothing below
+warning.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -113,34 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _refuse(message: str, *, code: str, as_json: bool, stdout: TextIO, stderr: TextIO) -> int:
-    if as_json:
-        print(json.dumps({"error": {"code": code, "message": message}}), file=stdout)
-    print(f"relay: {message}", file=stderr)
-    return EXIT_REFUSED
-
-
 def _admin(args: argparse.Namespace, settings: Settings, *, stdout: TextIO, stderr: TextIO) -> int:
-    command: str = args.admin_command
-    if command == "user delete" and not args.yes:
-        return _refuse(
-            "refusing to delete a user without --yes",
-            code="refused",
-            as_json=args.json,
-            stdout=stdout,
-            stderr=stderr,
-        )
-    del settings  # the store these commands need is built in a later version
-    return _refuse(
-        f"'relay admin {command}' is not available in this version of relay (the store is not built yet)",
-        code="not_available",
-        as_json=args.json,
-        stdout=stdout,
-        stderr=stderr,
-    )
+    from relay.admin import run_admin
+
+    _configure_logging(stderr, logging.WARNING)
+    return run_admin(args, settings, stdout=stdout, stderr=stderr)
 
 
-def _configure_logging(settings: Settings, stream: TextIO) -> None:
+def _configure_logging(stream: TextIO, level: int) -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "relay_owned", False)]:
         root.removeHandler(handler)
@@ -148,14 +129,14 @@ def _configure_logging(settings: Settings, stream: TextIO) -> None:
     handler.relay_owned = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(settings.log_level_number)
+    root.setLevel(level)
 
 
 async def serve_until_signalled(
     settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully. A second signal stops at once."""
-    from relay.app import serve
+    from relay.serving import serve
 
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -179,33 +160,39 @@ async def serve_until_signalled(
     log.info("stopped")
 
 
+def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 def _serve(settings: Settings) -> int:
+    from relay.app import StartupFailed
+
     if settings.workers > 1:
         log.error("--workers %d: more than one worker is not available in this version", settings.workers)
         return EXIT_REFUSED
-    unused = [
-        name
-        for name, value in (
-            ("RELAY_DATABASE_URL", settings.database_url),
-            ("RELAY_REDIS_URL", settings.redis_url),
+    if settings.database_url is not None:
+        log.error(
+            "RELAY_DATABASE_URL is set, but PostgreSQL is not available in this version "
+            "(unset it to use SQLite in RELAY_DATA_DIR)"
         )
-        if value is not None
-    ]
-    if unused:
-        log.warning("%s: not used by this version, which serves /healthz only", " and ".join(unused))
-    bind_error: BaseException | None = None
+        return EXIT_REFUSED
+    if settings.redis_url is not None:
+        log.warning("RELAY_REDIS_URL: not used by this version, which runs one node with an in-process bus")
+    failure: str | None = None
     try:
         trio.run(serve_until_signalled, settings)
+    except* StartupFailed as group:
+        failure = f"cannot start: {_first(group)}"
     except* OSError as group:
         # Binding the address is the one failure an operator causes and fixes: one line, no trace.
-        bind_error = group
-        while isinstance(bind_error, BaseExceptionGroup):
-            bind_error = bind_error.exceptions[0]
-    if bind_error is not None:
-        reason = (
-            bind_error.strerror if isinstance(bind_error, OSError) and bind_error.strerror else bind_error
-        )
-        log.error("cannot listen on %s port %d: %s", settings.host, settings.port, reason)
+        error = _first(group)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        failure = f"cannot listen on {settings.host} port {settings.port}: {reason}"
+    if failure is not None:
+        log.error("%s", failure)
         return EXIT_REFUSED
     return EXIT_OK
 
@@ -235,6 +222,6 @@ def main(
         print(f"relay: {exc}", file=err)
         return EXIT_USAGE
     if args.command == "serve":
-        _configure_logging(settings, err)
+        _configure_logging(err, settings.log_level_number)
         return _serve(settings)
     return _admin(args, settings, stdout=out, stderr=err)

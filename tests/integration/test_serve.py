@@ -24,14 +24,15 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from quart import request
-from quart_trio import QuartTrio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from relay.app import create_app, serve
+from relay import crypto
 from relay.cli import main
 from relay.config import Settings
-from relay.errors import SeqConflict
+from relay.protocol import codec, messages
+from relay.protocol.client_handshake import ClientHandshake
 from relay.protocol.syntax import is_request_id
+from relay.serving import serve
 
 #: The console script installed next to the interpreter running the tests (.venv/bin/relay).
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -58,6 +59,22 @@ async def get(base_url: str, path: str, headers: Mapping[str, str] | None = None
         conn = http.client.HTTPConnection(host, int(port), timeout=5)
         try:
             conn.request("GET", path, headers=dict(headers or {}))
+            response = conn.getresponse()
+            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            conn.close()
+
+    return await trio.to_thread.run_sync(request, abandon_on_cancel=True)
+
+
+async def post_json(base_url: str, path: str, body: object) -> Answer:
+    """POST a JSON body with http.client (in a thread), with a fresh connection."""
+    host, _, port = base_url.removeprefix("http://").rpartition(":")
+
+    def request() -> Answer:
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
         finally:
@@ -140,6 +157,150 @@ async def test_relay_serve_answers_healthz_then_exits_0_on_signal(tmp_path: Path
     assert returncode == 0, log
     assert "Traceback" not in log
     assert f"{signal.Signals(signum).name}: shutting down" in log
+
+
+@attrs.frozen
+class Server:
+    url: str
+    process: trio.Process
+
+
+@asynccontextmanager
+async def relay_server(env: Mapping[str, str]) -> AsyncIterator[Server]:
+    """``relay serve --port 0`` in a subprocess, until it exits; SIGTERM it unless the test did.
+
+    The process must exit 0 without a traceback.
+    """
+    output = bytearray()
+    listening = trio.Event()
+    urls: list[str] = []
+
+    async def read_stderr(stream: trio.abc.ReceiveStream) -> None:
+        async for chunk in stream:
+            output.extend(chunk)
+            text = output.decode(errors="replace")
+            if " listening on " in text and not listening.is_set():
+                urls.append(text.rsplit(" listening on ", 1)[1].split()[0])
+                listening.set()
+
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [RELAY, "serve", "--host", "127.0.0.1", "--port", "0"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                check=False,
+            )
+        )
+        assert process.stderr is not None
+        nursery.start_soon(read_stderr, process.stderr)
+        try:
+            await listening.wait()
+            yield Server(urls[0], process)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0, output.decode(errors="replace")
+    assert "Traceback" not in output.decode(errors="replace")
+
+
+async def test_an_operator_token_enrols_a_device_and_the_server_key_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    env = server_env(tmp_path)
+    key = crypto.SigningKey.generate()
+    with trio.fail_after(CAP_S * 2):
+        async with relay_server(env) as server:
+            url = server.url
+            first = (await get(url, "/v1/server")).json()
+            # The operator's command runs in another process, beside the running server.
+            created = await run_relay("admin", "user", "create", "--json", env=env)
+            assert created.returncode == 0, created.stderr
+            assert created.stderr == b""
+            issued = json.loads(created.stdout)
+            assert list(issued) == ["user_id", "token", "expires_at"]
+
+            body = {"token": issued["token"], "public_key": key.public_key_b64, "name": "Alice's phone"}
+            body["sig"] = key.sign(crypto.enroll_string(body["token"], body["public_key"], body["name"]))
+            enrolled = await post_json(url, "/v1/enroll", body)
+            reused = await post_json(url, "/v1/enroll", body)
+            listed = await run_relay(
+                "admin", "device", "list", "--user", issued["user_id"], "--json", env=env
+            )
+
+        async with relay_server(env) as server:
+            url = server.url
+            second = (await get(url, "/v1/server")).json()
+            token = await run_relay(
+                "admin", "token", "create", "--user", issued["user_id"], "--json", env=env
+            )
+            body = {
+                "token": json.loads(token.stdout)["token"],
+                "public_key": key.public_key_b64,
+                "name": "Again",
+            }
+            body["sig"] = key.sign(crypto.enroll_string(body["token"], body["public_key"], body["name"]))
+            same_key = await post_json(url, "/v1/enroll", body)
+
+    assert enrolled.status == 201, enrolled.body
+    device = enrolled.json()
+    assert isinstance(device, dict)
+    assert device["user_id"] == issued["user_id"]
+    assert reused.status == 401
+    assert [d["device_id"] for d in json.loads(listed.stdout)["devices"]] == [device["device_id"]]
+    assert isinstance(first, dict)
+    assert isinstance(second, dict)
+    assert second["server_key"] == first["server_key"]
+    assert same_key.status == 409  # the device (and its key) survived the restart too
+    assert json.loads(same_key.body)["error"]["code"] == "key_in_use"
+
+
+async def test_an_enrolled_device_opens_a_session_that_a_sigterm_drains_with_going_away(
+    tmp_path: Path,
+) -> None:
+    env = server_env(tmp_path, RELAY_DRAIN_TIMEOUT_MS="500")
+    key = crypto.SigningKey.generate()
+    frames: list[messages.ServerMessage] = []
+    with trio.fail_after(CAP_S):
+        created = await run_relay("admin", "user", "create", "--json", env=env)  # before any serve
+        issued = json.loads(created.stdout)
+        async with relay_server(env) as server:
+            url = server.url
+            server_key = (await get(url, "/v1/server")).json()["server_key"]  # type: ignore[index]
+            body = {"token": issued["token"], "public_key": key.public_key_b64, "name": "Phone"}
+            body["sig"] = key.sign(crypto.enroll_string(body["token"], body["public_key"], body["name"]))
+            device = json.loads((await post_json(url, "/v1/enroll", body)).body)
+
+            ws_url = url.replace("http://", "ws://") + "/v1/ws"
+            async with open_websocket_url(ws_url, subprotocols=["relay.v1"]) as ws:
+                handshake = ClientHandshake(key, device["device_id"], server_key)
+                await ws.send_message(codec.encode_client(handshake.hello()))
+                challenge = codec.decode_server(await ws.get_message())
+                await ws.send_message(codec.encode_client(handshake.receive_challenge(challenge)))
+                welcome = handshake.receive_welcome(codec.decode_server(await ws.get_message()))
+                server.process.send_signal(signal.SIGTERM)  # the drain of a live session
+                closed = await read_until_closed(ws, frames)
+
+    assert ws.subprotocol == "relay.v1"
+    assert (welcome.user_id, welcome.device_id) == (issued["user_id"], device["device_id"])
+    assert welcome.name == "Phone"
+    assert isinstance(frames[-1], messages.Error)
+    assert frames[-1].code == "going_away"
+    assert closed == (1001, "going_away")
+
+
+async def read_until_closed(
+    ws: WebSocketConnection, frames: list[messages.ServerMessage]
+) -> tuple[int | None, str | None]:
+    """Append every frame the server sends to ``frames`` until it closes; its close code and reason."""
+    try:
+        while True:
+            frames.append(codec.decode_server(await ws.get_message()))
+    except ConnectionClosed as closed:
+        reason = closed.reason
+    return (reason.code, reason.reason) if reason is not None else (None, None)
 
 
 async def run_relay(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[bytes]:
@@ -239,84 +400,13 @@ async def test_wrong_method_is_405_method_not_allowed_naming_the_allowed_ones(tm
     assert error["request_id"] == headers["x-request-id"]
 
 
-# --- in-process, through Quart's test client: how errors are answered -------------------------------
-
-
-def app_with_failing_routes(tmp_path: Path, env: str) -> QuartTrio:
-    app = create_app(Settings(data_dir=tmp_path, env=env))  # type: ignore[arg-type]
-
-    @app.get("/boom")
-    async def boom() -> str:
-        raise RuntimeError("secret detail from /etc/relay")
-
-    @app.get("/conflict")
-    async def conflict() -> str:
-        raise SeqConflict(head=3)
-
-    return app
-
-
-async def test_an_unexpected_error_is_a_bare_500_in_production(tmp_path: Path) -> None:
-    client = app_with_failing_routes(tmp_path, "production").test_client()
-    with trio.fail_after(CAP_S):
-        response = await client.get("/boom", headers={"X-Request-ID": "req-500"})
-        body = await response.get_json()
-    assert response.status_code == 500
-    assert response.headers["X-Request-ID"] == "req-500"
-    assert body == {
-        "error": {"code": "internal", "message": "Internal server error", "request_id": "req-500"}
-    }
-
-
-async def test_an_unexpected_error_shows_its_detail_in_development(tmp_path: Path) -> None:
-    client = app_with_failing_routes(tmp_path, "development").test_client()
-    with trio.fail_after(CAP_S):
-        response = await client.get("/boom")
-        body = await response.get_json()
-    assert response.status_code == 500
-    assert body["error"]["detail"] == "RuntimeError: secret detail from /etc/relay"
-    assert body["error"]["request_id"] == response.headers["X-Request-ID"]
-
-
-async def test_a_relay_error_is_answered_with_its_status_and_fields(tmp_path: Path) -> None:
-    client = app_with_failing_routes(tmp_path, "production").test_client()
-    with trio.fail_after(CAP_S):
-        response = await client.get("/conflict", headers={"X-Request-ID": "req-409"})
-        body = await response.get_json()
-    assert response.status_code == 409
-    assert body == {
-        "error": {
-            "code": "seq_conflict",
-            "message": "The stream's head is not the expected one",
-            "head": 3,
-            "request_id": "req-409",
-        }
-    }
-
-
-async def test_a_body_over_the_frame_limit_is_413_too_large(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, max_event_bytes=1000, max_frame_bytes=5096)
-    app = create_app(settings)
-
-    @app.post("/echo")
-    async def echo() -> str:
-        return str(len(await request.get_data()))
-
-    client = app.test_client()
-    with trio.fail_after(CAP_S):
-        response = await client.post("/echo", data=b"x" * 6000)
-        body = await response.get_json()
-    assert response.status_code == 413
-    assert body["error"]["code"] == "too_large"
-
-
 # --- in-process: the whole `relay serve` path, stopped by a real signal ------------------------------
 # (Coverage is not measured in subprocesses: its subprocess patch would load sqlite3 into every child
 # interpreter and break the purity check of relay.protocol. So the paths the subprocess tests above
 # exercise are run here once more, in this process.)
 
 
-def run_main_until_listening_then_signal(argv: list[str], signum: int) -> tuple[int, str]:
+def run_main_until_listening_then_signal(argv: list[str], signum: int, data_dir: Path) -> tuple[int, str]:
     """Run ``main(argv)`` on this (main) thread; a helper thread sends ``signum`` once it listens."""
     err = io.StringIO()
     sent = threading.Event()
@@ -338,7 +428,7 @@ def run_main_until_listening_then_signal(argv: list[str], signum: int) -> tuple[
 
     helper = threading.Thread(target=signal_when_listening, daemon=True)
     helper.start()
-    status = main(argv, environ={"RELAY_DATA_DIR": "relay-data-unused"}, stderr=err)
+    status = main(argv, environ={"RELAY_DATA_DIR": str(data_dir)}, stderr=err)
     helper.join(CAP_S)
     assert sent.is_set(), err.getvalue()
     return status, err.getvalue()
@@ -346,25 +436,48 @@ def run_main_until_listening_then_signal(argv: list[str], signum: int) -> tuple[
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.usefixtures("restore_logging")
-def test_main_serve_stops_cleanly_on_a_signal(signum: int) -> None:
-    status, log = run_main_until_listening_then_signal(["serve", "--port", "0"], signum)
+def test_main_serve_stops_cleanly_on_a_signal(signum: int, tmp_path: Path) -> None:
+    status, log = run_main_until_listening_then_signal(["serve", "--port", "0"], signum, tmp_path)
     assert status == 0, log
     assert f"{signal.Signals(signum).name}: shutting down" in log
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_main_serve_on_a_busy_port_returns_1() -> None:
+def test_main_serve_on_a_busy_port_returns_1(tmp_path: Path) -> None:
     err = io.StringIO()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        environ = {"RELAY_DATABASE_URL": "postgresql://db/relay"}
+        environ = {"RELAY_DATA_DIR": str(tmp_path), "RELAY_REDIS_URL": "redis://cache"}
         status = main(["serve", "--port", str(port)], environ=environ, stderr=err)
     assert status == 1
-    assert "RELAY_DATABASE_URL: not used by this version" in err.getvalue()
+    assert "RELAY_REDIS_URL: not used by this version" in err.getvalue()
     assert (
         err.getvalue()
         .splitlines()[-1]
         .endswith(f"cannot listen on 127.0.0.1 port {port}: Address already in use")
     )
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_main_serve_with_a_postgresql_url_refuses_rather_than_using_sqlite(tmp_path: Path) -> None:
+    err = io.StringIO()
+    environ = {"RELAY_DATA_DIR": str(tmp_path), "RELAY_DATABASE_URL": "postgresql://db/relay"}
+    status = main(["serve", "--port", "0"], environ=environ, stderr=err)
+    assert status == 1
+    assert "RELAY_DATABASE_URL is set, but PostgreSQL is not available" in err.getvalue().splitlines()[-1]
+    assert not (tmp_path / "relay.sqlite3").exists()
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_main_serve_with_an_unusable_data_dir_exits_1_with_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the data directory should be")
+    err = io.StringIO()
+    status = main(["serve", "--port", "0"], environ={"RELAY_DATA_DIR": str(blocker)}, stderr=err)
+    lines = err.getvalue().splitlines()
+    assert status == 1
+    assert "cannot start: the database is unavailable: " in lines[-1]
+    assert "Traceback" not in err.getvalue()
+    assert " listening on " not in err.getvalue()

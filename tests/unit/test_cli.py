@@ -1,4 +1,4 @@
-"""The `relay` command tree of PROTOCOL.md §8: parsing, exit statuses, one-line refusals."""
+"""The `relay` command tree of PROTOCOL.md §8: parsing, exit statuses, one-line refusals, admin output."""
 
 from __future__ import annotations
 
@@ -6,24 +6,25 @@ import io
 import json
 import runpy
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from relay import crypto
 from relay.cli import build_parser, main
+from relay.protocol.syntax import is_uuid
+
+pytestmark = pytest.mark.usefixtures("restore_logging")  # `relay` configures the root logger
 
 USER = "0f0e0d0c-0b0a-4908-8706-050403020100"
 
-ADMIN_COMMANDS = [
-    ["user", "create"],
-    ["user", "list"],
+#: The commands of §8 whose store methods come with a later version (accounts and devices management).
+NOT_YET = [
     ["user", "show", USER],
     ["user", "delete", USER, "--yes"],
-    ["device", "list", "--user", USER],
     ["device", "revoke", USER],
     ["device", "rename", USER, "Alice's phone"],
-    ["token", "create", "--user", USER],
-    ["db", "migrate"],
-    ["db", "status"],
 ]
 
 
@@ -33,9 +34,17 @@ def run(argv: list[str], environ: dict[str, str] | None = None) -> tuple[int, st
     return status, out.getvalue(), err.getvalue()
 
 
-@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=" ".join)
-def test_admin_commands_parse_and_say_plainly_they_are_not_available_yet(command: list[str]) -> None:
-    status, out, err = run(["admin", *command])
+@pytest.fixture
+def data_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an operator whose server keeps its data in a fresh directory."""
+    return {"RELAY_DATA_DIR": str(tmp_path / "data")}
+
+
+@pytest.mark.parametrize("command", NOT_YET, ids=" ".join)
+def test_admin_commands_of_a_later_version_say_plainly_they_are_not_available(
+    command: list[str], data_env: dict[str, str]
+) -> None:
+    status, out, err = run(["admin", *command], data_env)
     assert status == 1
     assert out == ""
     assert err.count("\n") == 1
@@ -43,18 +52,128 @@ def test_admin_commands_parse_and_say_plainly_they_are_not_available_yet(command
     assert f"relay admin {command[0]} {command[1]}" in err
 
 
-@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=" ".join)
-def test_admin_json_refusal_is_one_object_on_stdout_and_one_line_on_stderr(command: list[str]) -> None:
-    status, out, err = run(["admin", *command, "--json"])
+@pytest.mark.parametrize("command", NOT_YET, ids=" ".join)
+def test_admin_json_refusal_is_one_object_on_stdout_and_one_line_on_stderr(
+    command: list[str], data_env: dict[str, str]
+) -> None:
+    status, out, err = run(["admin", *command, "--json"], data_env)
     assert status == 1
     assert json.loads(out)["error"]["code"] == "not_available"
     assert err.count("\n") == 1
 
 
-def test_deleting_a_user_without_yes_is_refused() -> None:
-    status, out, err = run(["admin", "user", "delete", USER])
+def test_deleting_a_user_without_yes_is_refused(data_env: dict[str, str]) -> None:
+    status, out, err = run(["admin", "user", "delete", USER], data_env)
     assert (status, out) == (1, "")
     assert err == "relay: refusing to delete a user without --yes\n"
+
+
+# --- the admin commands of this version, on the SQLite store of RELAY_DATA_DIR --------------------------
+
+
+def test_user_create_json_is_the_user_id_and_a_single_use_token(data_env: dict[str, str]) -> None:
+    before = int(time.time() * 1000)
+    status, out, err = run(["admin", "user", "create", "--json"], data_env)
+    assert (status, err) == (0, "")
+    created = json.loads(out)
+    assert list(created) == ["user_id", "token", "expires_at"]
+    assert is_uuid(created["user_id"])
+    assert crypto.b64decode(created["token"], crypto.TOKEN_BYTES) is not None
+    assert before + 900_000 <= created["expires_at"] <= int(time.time() * 1000) + 900_000
+    assert out.count("\n") == 1
+
+
+def test_user_create_for_people_prints_a_short_table(data_env: dict[str, str]) -> None:
+    status, out, err = run(["admin", "user", "create"], data_env | {"RELAY_TOKEN_TTL_S": "60"})
+    assert (status, err) == (0, "")
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["user_id", "token", "expires_at"]
+    assert is_uuid(lines[0].split()[1])
+
+
+def test_users_tokens_and_devices_are_listed_and_issued(data_env: dict[str, str]) -> None:
+    first = json.loads(run(["admin", "user", "create", "--json"], data_env)[1])
+    second = json.loads(run(["admin", "user", "create", "--json"], data_env)[1])
+
+    status, out, _ = run(["admin", "user", "list", "--json"], data_env)
+    assert status == 0
+    assert json.loads(out) == {"users": [{"user_id": first["user_id"]}, {"user_id": second["user_id"]}]}
+    status, out, _ = run(["admin", "user", "list"], data_env)
+    assert out.splitlines() == ["USER ID", first["user_id"], second["user_id"]]
+
+    status, out, err = run(["admin", "token", "create", "--user", first["user_id"], "--json"], data_env)
+    assert (status, err) == (0, "")
+    token = json.loads(out)
+    assert token["user_id"] == first["user_id"]
+    assert token["token"] != first["token"]
+
+    status, out, _ = run(["admin", "device", "list", "--user", first["user_id"], "--json"], data_env)
+    assert (status, json.loads(out)) == (0, {"user_id": first["user_id"], "devices": []})
+    status, out, _ = run(["admin", "device", "list", "--user", first["user_id"]], data_env)
+    assert out == f"user {first['user_id']} has no devices\n"
+
+
+def test_an_empty_server_lists_no_users(data_env: dict[str, str]) -> None:
+    assert run(["admin", "user", "list", "--json"], data_env)[:2] == (0, '{"users": []}\n')
+    assert run(["admin", "user", "list"], data_env)[:2] == (0, "no users\n")
+
+
+@pytest.mark.parametrize(
+    "command", [["token", "create", "--user", USER], ["device", "list", "--user", USER]], ids=" ".join
+)
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_an_unknown_user_is_refused_with_one_line(
+    command: list[str], as_json: bool, data_env: dict[str, str]
+) -> None:
+    status, out, err = run(["admin", *command, *(["--json"] if as_json else [])], data_env)
+    assert status == 1
+    assert err == f"relay: no user with id {USER}\n"
+    if as_json:
+        assert json.loads(out) == {"error": {"code": "not_found", "message": f"no user with id {USER}"}}
+    else:
+        assert out == ""
+    assert run(["admin", "user", "list", "--json"], data_env)[1] == '{"users": []}\n'  # nothing created
+
+
+def test_db_status_then_migrate_then_status(data_env: dict[str, str]) -> None:
+    status, out, _ = run(["admin", "db", "status", "--json"], data_env)
+    pending = json.loads(out)
+    assert status == 0
+    assert pending["applied"] == []
+    assert pending["pending"]
+
+    status, out, _ = run(["admin", "db", "migrate", "--json"], data_env)
+    assert (status, json.loads(out)) == (0, {"applied": pending["pending"]})
+    status, out, _ = run(["admin", "db", "migrate"], data_env)
+    assert (status, out) == (0, "the database is up to date\n")
+
+    status, out, _ = run(["admin", "db", "status", "--json"], data_env)
+    assert json.loads(out) == {"applied": pending["pending"], "pending": []}
+    status, out, _ = run(["admin", "db", "status"], data_env)
+    assert out.splitlines()[-1] == "the database is up to date"
+
+
+def test_admin_commands_apply_pending_migrations_like_serve(data_env: dict[str, str]) -> None:
+    assert run(["admin", "user", "list"], data_env)[0] == 0
+    assert json.loads(run(["admin", "db", "status", "--json"], data_env)[1])["pending"] == []
+
+
+def test_an_unusable_data_dir_is_refused_with_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    status, out, err = run(["admin", "user", "create", "--json"], {"RELAY_DATA_DIR": str(blocker)})
+    assert status == 1
+    assert json.loads(out)["error"]["code"] == "unavailable"
+    assert err.count("\n") == 1
+    assert err.startswith("relay: the database is unavailable: ")
+
+
+def test_a_postgresql_url_is_refused_rather_than_writing_to_sqlite(data_env: dict[str, str]) -> None:
+    environ = data_env | {"RELAY_DATABASE_URL": "postgresql://db/relay"}
+    status, out, err = run(["admin", "user", "create"], environ)
+    assert (status, out) == (1, "")
+    assert "PostgreSQL is not available in this version" in err
+    assert not Path(data_env["RELAY_DATA_DIR"]).exists()
 
 
 @pytest.mark.parametrize(

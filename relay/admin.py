@@ -1,0 +1,260 @@
+"""``relay admin ...``: the operator commands of PROTOCOL.md §8, on the store ``relay serve`` uses.
+
+They run in their own process, beside a running server if there is one (SQLite in WAL mode lets a
+second process read and write safely; the writer lock serialises the two). Every command but
+``db status`` first applies pending migrations, exactly as ``relay serve`` does at start-up, so that a
+fresh data directory can be administered before the first ``serve``.
+
+Output: ``--json`` prints one JSON object on stdout; otherwise a short table for people. Exit status
+0 on success; 1 when refused (an unknown id, a command not available in this version, an unreachable
+database), with one line, the last on stderr (and ``{"error": {"code", "message"}}`` on stdout with
+``--json``), and nothing changed by the refused command; 2 for bad arguments (argparse, before this
+module runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TextIO
+
+import attrs
+import trio
+
+from relay.clock import Clock, SystemClock
+from relay.config import Settings
+from relay.errors import NotFound, StoreUnavailable
+from relay.store.base import DeviceRecord, Store
+
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "NOT_AVAILABLE", "AdminRefused", "Output", "run_admin"]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+
+#: Commands whose store methods come with a later version (accounts and devices management, issue 4).
+NOT_AVAILABLE = frozenset({"user show", "user delete", "device revoke", "device rename"})
+
+
+class AdminRefused(Exception):
+    """A refusal: ``message`` is the one line shown; ``code`` names it in ``--json`` output."""
+
+    def __init__(self, message: str, *, code: str = "refused") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@attrs.frozen
+class Output:
+    """What a command prints: ``data`` with ``--json``, else ``lines``."""
+
+    data: dict[str, object]
+    lines: Sequence[str]
+
+
+@attrs.frozen
+class Context:
+    store: Store
+    settings: Settings
+    clock: Clock
+    args: argparse.Namespace
+
+
+Command = Callable[[Context], Awaitable[Output]]
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+
+
+async def _require_user(ctx: Context, user_id: str) -> None:
+    if user_id not in await ctx.store.list_users():
+        raise AdminRefused(f"no user with id {user_id}", code="not_found")
+
+
+# --- the commands ---------------------------------------------------------------------------------------
+
+
+async def user_create(ctx: Context) -> Output:
+    new = await ctx.store.create_user(now_ms=ctx.clock.now_ms(), token_ttl_ms=ctx.settings.token_ttl_s * 1000)
+    return _token_output(new.user_id, new.token.token, new.token.expires_at)
+
+
+async def token_create(ctx: Context) -> Output:
+    user_id: str = ctx.args.user
+    try:
+        issued = await ctx.store.create_token(
+            user_id=user_id, now_ms=ctx.clock.now_ms(), token_ttl_ms=ctx.settings.token_ttl_s * 1000
+        )
+    except NotFound:
+        raise AdminRefused(f"no user with id {user_id}", code="not_found") from None
+    return _token_output(user_id, issued.token, issued.expires_at)
+
+
+def _token_output(user_id: str, token: str, expires_at: int) -> Output:
+    return Output(
+        {"user_id": user_id, "token": token, "expires_at": expires_at},
+        [
+            f"user_id     {user_id}",
+            f"token       {token}",
+            f"expires_at  {expires_at} ({_when(expires_at)}; single use)",
+        ],
+    )
+
+
+async def user_list(ctx: Context) -> Output:
+    users = await ctx.store.list_users()
+    lines = _table(["USER ID"], [[u] for u in users]) if users else ["no users"]
+    return Output({"users": [{"user_id": u} for u in users]}, lines)
+
+
+def _device_json(device: DeviceRecord) -> dict[str, object]:
+    return {
+        "device_id": device.device_id,
+        "name": device.name,
+        "created_at": device.created_at,
+        "last_seen_at": device.last_seen_at,
+        "revoked_at": device.revoked_at,
+    }
+
+
+async def device_list(ctx: Context) -> Output:
+    user_id: str = ctx.args.user
+    await _require_user(ctx, user_id)
+    devices = await ctx.store.list_devices(user_id)
+    rows = [
+        [
+            d.device_id,
+            d.name,
+            _when(d.created_at),
+            _when(d.last_seen_at),
+            f"revoked {_when(d.revoked_at)}" if d.revoked else "active",
+        ]
+        for d in devices
+    ]
+    header = ["DEVICE ID", "NAME", "CREATED", "LAST SEEN", "STATUS"]
+    lines = _table(header, rows) if devices else [f"user {user_id} has no devices"]
+    return Output({"user_id": user_id, "devices": [_device_json(d) for d in devices]}, lines)
+
+
+async def db_migrate(ctx: Context) -> Output:
+    applied = await ctx.store.migrate()
+    lines = [f"applied {name}" for name in applied] or ["the database is up to date"]
+    return Output({"applied": applied}, lines)
+
+
+async def db_status(ctx: Context) -> Output:
+    status = await ctx.store.migration_status()
+    lines = [f"applied  {name}" for name in status.applied] + [f"pending  {name}" for name in status.pending]
+    if not status.pending:
+        lines.append("the database is up to date")
+    return Output({"applied": list(status.applied), "pending": list(status.pending)}, lines)
+
+
+COMMANDS: dict[str, Command] = {
+    "user create": user_create,
+    "user list": user_list,
+    "token create": token_create,
+    "device list": device_list,
+    "db migrate": db_migrate,
+    "db status": db_status,
+}
+
+#: Commands that run on the database as it is, without applying pending migrations first.
+_NO_MIGRATION = frozenset({"db status", "db migrate"})
+
+
+# --- running one ----------------------------------------------------------------------------------------
+
+
+def _refusal_before_store(args: argparse.Namespace, settings: Settings) -> AdminRefused | None:
+    command: str = args.admin_command
+    if command == "user delete" and not args.yes:
+        return AdminRefused("refusing to delete a user without --yes")
+    if command in NOT_AVAILABLE or command not in COMMANDS:
+        return AdminRefused(
+            f"'relay admin {command}' is not available in this version of relay", code="not_available"
+        )
+    if settings.database_url is not None:
+        return AdminRefused(
+            "RELAY_DATABASE_URL is set, but PostgreSQL is not available in this version of relay "
+            "(unset it to use SQLite in RELAY_DATA_DIR)",
+            code="not_available",
+        )
+    return None
+
+
+async def _run(
+    args: argparse.Namespace,
+    settings: Settings,
+    open_store: Callable[[Settings], Awaitable[Store]],
+    clock: Clock,
+) -> Output:
+    command: str = args.admin_command
+    try:
+        store = await open_store(settings)
+    except StoreUnavailable as exc:
+        raise AdminRefused(
+            f"the database is unavailable: {exc.detail or exc.message}", code="unavailable"
+        ) from None
+    try:
+        if command not in _NO_MIGRATION:
+            await store.migrate()
+        return await COMMANDS[command](Context(store=store, settings=settings, clock=clock, args=args))
+    except StoreUnavailable as exc:
+        raise AdminRefused(
+            f"the database is unavailable: {exc.detail or exc.message}", code="unavailable"
+        ) from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
+
+
+def run_admin(
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    stdout: TextIO,
+    stderr: TextIO,
+    open_store: Callable[[Settings], Awaitable[Store]] | None = None,
+    clock: Clock | None = None,
+) -> int:
+    """Run the admin command ``args`` describes (in its own ``trio.run``); print; return the exit status.
+
+    ``open_store`` opens the store (default: the one ``relay serve`` uses for ``settings``); the command
+    closes it when done.
+    """
+    as_json: bool = args.json
+    try:
+        refusal = _refusal_before_store(args, settings)
+        if refusal is not None:
+            raise refusal
+        if open_store is None:
+            from relay.app import open_default_store
+
+            open_store = open_default_store
+        output = trio.run(_run, args, settings, open_store, clock if clock is not None else SystemClock())
+    except AdminRefused as refused:
+        if as_json:
+            print(json.dumps({"error": {"code": refused.code, "message": refused.message}}), file=stdout)
+        print(f"relay: {refused.message}", file=stderr)
+        return EXIT_REFUSED
+    if as_json:
+        print(json.dumps(output.data), file=stdout)
+    else:
+        for line in output.lines:
+            print(line, file=stdout)
+    return EXIT_OK

@@ -1,0 +1,180 @@
+"""Serving the app with Hypercorn's trio worker, in this process, and containing Hypercorn issue 225.
+
+Hypercorn 0.18 runs every TCP connection as a task of one nursery shared by the whole server. An
+exception that escapes one connection's handler (``TCPServer.run``) therefore cancels every other
+connection and stops the server: upstream issue 225. One malformed WebSocket upgrade is enough, such as
+an upgrade request followed by a stray byte in the same packet while the app accepts the upgrade (h11
+ends in its ERROR state, and Hypercorn's attempt to answer 400 raises ``LocalProtocolError`` out of the
+connection handler).
+
+:func:`contain_connection_errors` replaces the connection handler Hypercorn's trio worker constructs
+(``hypercorn.trio.run.TCPServer``) with a subclass whose ``run`` logs such an exception, closes that one
+connection and returns; cancellation still propagates. It checks what it patches: the Hypercorn
+version must be one this was tested with, and the handler must still be the class it expects;
+otherwise it changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib import metadata
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import run as hypercorn_run
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.utils import LifespanFailureError
+
+from relay import __version__
+from relay.app import RelayApp, StartupFailed, create_app
+from relay.config import Settings
+
+__all__ = [
+    "CONTAINED_HYPERCORN_VERSIONS",
+    "StartupFailed",
+    "contain_connection_errors",
+    "hypercorn_config",
+    "serve",
+]
+
+log = logging.getLogger("relay.serving")
+
+#: Hypercorn versions whose ``hypercorn.trio.run`` builds connections as ``TCPServer(...)`` awaited
+#: through ``TCPServer.run``: the shape the containment relies on (checked against 0.18.0's source, the
+#: version uv.lock pins). Another version gets a warning and no patch, until it is checked too.
+CONTAINED_HYPERCORN_VERSIONS = ("0.18.",)
+
+#: Hypercorn's own bound on one WebSocket message, as a multiple of ``max_frame_bytes``. Hypercorn
+#: counts characters of text (not bytes), so a frame the protocol allows (at most ``max_frame_bytes``
+#: UTF-8 bytes) always passes, and frames somewhat over it reach the gateway, which refuses them with
+#: ``frame_too_large`` (error frame, then 1009). Only absurd frames meet Hypercorn's bare 1009 first,
+#: and no connection can make the server buffer more than this.
+WEBSOCKET_MESSAGE_FACTOR = 4
+
+#: Seconds Hypercorn waits for connections beyond ``drain_timeout_ms``: the gateway closes its last
+#: session at the end of the drain, and that close needs a moment to reach the client.
+DRAIN_MARGIN_S = 2.0
+
+
+class ContainedTCPServer(TCPServer):
+    """Hypercorn's per-connection handler, except that no exception of one connection escapes it."""
+
+    async def run(self) -> None:
+        peer = _peer(self.stream)  # now: once the handler has failed, the socket may be closed
+        try:
+            await super().run()
+        except* Exception as group:
+            # Cancelled (a BaseException) is not caught and propagates: shutdown still works.
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            log.warning(
+                "closed a connection from %s that failed inside Hypercorn (issue 225): %s: %s",
+                peer,
+                type(first).__name__,
+                first,
+            )
+            log.debug("the failure of that connection", exc_info=group)
+            await trio.aclose_forcefully(self.stream)
+
+
+def _peer(stream: Any) -> str:
+    try:
+        socket = getattr(stream, "transport_stream", stream).socket
+        host, port = socket.getpeername()[:2]
+    except (AttributeError, OSError, TypeError, ValueError):
+        return "an unknown peer"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def contain_connection_errors() -> bool:
+    """Make Hypercorn's trio worker contain per-connection exceptions; True when it is in force.
+
+    Idempotent. Changes nothing (and logs a warning) when the installed Hypercorn is not a version
+    this was checked against or no longer has the expected shape.
+    """
+    current = getattr(hypercorn_run, "TCPServer", None)
+    if current is ContainedTCPServer:
+        return True
+    version = metadata.version("hypercorn")
+    if not version.startswith(CONTAINED_HYPERCORN_VERSIONS):
+        log.warning(
+            "Hypercorn %s is not a version relay's containment of issue 225 was checked against; "
+            "not applied: one malformed request may stop this server",
+            version,
+        )
+        return False
+    if current is not TCPServer or not callable(getattr(TCPServer, "run", None)):
+        log.warning(
+            "hypercorn.trio.run.TCPServer is not Hypercorn's own TCPServer; containment of issue 225 "
+            "not applied"
+        )
+        return False
+    hypercorn_run.TCPServer = ContainedTCPServer  # type: ignore[attr-defined]
+    return True
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """Hypercorn's configuration for ``settings``: one bind, our logging, the drain bound."""
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = settings.drain_timeout_ms / 1000 + DRAIN_MARGIN_S
+    config.websocket_max_message_size = WEBSOCKET_MESSAGE_FACTOR * settings.max_frame_bytes
+    config.include_server_header = False
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+def _startup_failure(group: BaseExceptionGroup[LifespanFailureError]) -> StartupFailed:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    text = str(first)
+    # Hypercorn's text is "Lifespan failure in startup. '<the app's message>'": keep the message.
+    _, sep, message = text.partition(". '")
+    return StartupFailed(message.removesuffix("'") if sep else text)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    app: RelayApp | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` (default: :func:`relay.app.create_app` of ``settings``) until ``shutdown_trigger``
+    returns, then shut down gracefully and return.
+
+    Reports the bound URLs (``["http://127.0.0.1:8080"]``) through ``task_status`` once the app has
+    started (migrations applied, secrets loaded) and the socket listens; ``--port 0`` binds a free port,
+    which the URL shows. An address that cannot be bound raises :class:`OSError`, and an app that cannot
+    start :class:`StartupFailed`, both before ``started`` (inside an exception group).
+    """
+    contain_connection_errors()
+    config = hypercorn_config(settings)
+
+    served = app if app is not None else create_app(settings)
+
+    async def trigger() -> None:
+        await shutdown_trigger()
+        served.services.begin_drain()  # beside Hypercorn's own graceful stop, which starts on return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            urls: list[str] = await nursery.start(
+                partial(hypercorn_serve, served, config, shutdown_trigger=trigger)
+            )
+            if not served.services.started:
+                # Hypercorn 0.18 binds and reports itself started even when the app's start-up failed;
+                # its lifespan task is about to raise that failure into this nursery. Wait for it.
+                await trio.sleep_forever()
+            log.info("relay %s listening on %s", __version__, ", ".join(urls))
+            task_status.started(urls)
+    except* LifespanFailureError as group:
+        raise _startup_failure(group) from None

@@ -1,4 +1,4 @@
-"""Small pieces every store implementation shares: ids, tokens, and the expiry bound used in queries."""
+"""Small pieces every store implementation shares: ids, tokens, keyed hashes, the expiry bound of queries."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 
 from relay import crypto
 from relay.protocol.validation import is_expired
-from relay.store.base import IssuedToken
+from relay.store.base import DELETED_DEVICE_LABEL, IssuedToken
 
 
 def new_id() -> str:
@@ -20,6 +20,11 @@ def new_token(*, now_ms: int, token_ttl_ms: int) -> tuple[IssuedToken, bytes]:
     raw = crypto.b64decode(token, crypto.TOKEN_BYTES)
     assert raw is not None  # random_token() is canonical b64 of TOKEN_BYTES bytes
     return IssuedToken(token=token, expires_at=now_ms + token_ttl_ms), crypto.hash_token(raw)
+
+
+def deleted_device_hash(token_secret: bytes, device_id: str) -> bytes:
+    """How a deleted account's device id is remembered: its keyed hash, never the id."""
+    return crypto.keyed_hash(token_secret, DELETED_DEVICE_LABEL, device_id)
 
 
 def token_expired(expires_at: int, *, now_ms: int) -> bool:

@@ -12,15 +12,43 @@ Time is passed in (``now_ms``, ``received_at``) so the store never reads a clock
 the clock skew: *expired* is always :func:`relay.protocol.validation.is_expired`
 (``now_ms > expires_at + clock_skew_ms``). User-facing refusals are the errors of :mod:`relay.errors`
 named in each docstring.
+
+Accounts leave keyed hashes behind, never ids (PROTOCOL.md §5): the revocation log's ``subject`` is
+:func:`revocation_subject` of a device or user id, and a deleted device is remembered (for
+``lookup_device``) as ``keyed_hash(token_secret, DELETED_DEVICE_LABEL, device_id)``, both under the
+store's own ``token_secret`` (:meth:`Store.load_or_create_secrets`). Housekeeping (expired nonces,
+deleted-device hashes, old log entries and tokens) is :meth:`Store.purge_housekeeping`, apart from
+:meth:`Store.purge_expired`, which deletes events only.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import attrs
 
+from relay import crypto
 from relay.protocol.messages import StoredEvent
+
+#: How long the revocation log keeps an entry (ms). Nodes poll it every 250 ms; a node that fell
+#: further behind than this must re-check its live sessions against the store instead.
+REVOCATION_LOG_RETENTION_MS = 600_000
+#: How long an enrolment token is kept after it expired (ms; it is refused like an unknown one all
+#: along), so that recent enrolment trouble can still be looked into; then it is deleted.
+EXPIRED_TOKEN_RETENTION_MS = 86_400_000
+#: The ``keyed_hash`` label of revocation log subjects (device and user ids alike).
+REVOCATION_LOG_LABEL = "relay-revocation-log-v1"
+#: The ``keyed_hash`` label under which a deleted account's device ids are remembered.
+DELETED_DEVICE_LABEL = "relay-deleted-device-v1"
+
+
+def revocation_subject(token_secret: bytes, subject_id: str) -> bytes:
+    """The ``subject`` of a revocation log entry about ``subject_id`` (a device or a user id).
+
+    A node hashes the device and user ids of its live sessions with this (and the server's
+    ``token_secret``) to recognise the entries that concern them; the log never holds an id.
+    """
+    return crypto.keyed_hash(token_secret, REVOCATION_LOG_LABEL, subject_id)
 
 
 @attrs.frozen(kw_only=True)
@@ -48,12 +76,12 @@ class DeviceRecord:
 
 @attrs.frozen(kw_only=True)
 class UnknownDevice:
-    """No device with that id exists (and none of a deleted account did)."""
+    """No device with that id exists (nor is it remembered as a deleted account's device)."""
 
 
 @attrs.frozen(kw_only=True)
 class DeletedDevice:
-    """The id belonged to a device of an account that was deleted (remembered as a keyed hash)."""
+    """The id belonged to a device of a deleted account (remembered as a keyed hash, for a while)."""
 
 
 DeviceLookup = DeviceRecord | UnknownDevice | DeletedDevice
@@ -113,6 +141,50 @@ class Appended:
 
     event: StoredEvent
     duplicate: bool
+
+
+RevocationKind = Literal["device_revoked", "user_deleted"]
+
+
+@attrs.frozen(kw_only=True)
+class RevocationEntry:
+    """One entry of the revocation log: a device was revoked or a user deleted, ``at`` (the caller's now).
+
+    ``id`` increases in commit order and is never reused; ``subject`` is :func:`revocation_subject`
+    of the device id (``device_revoked``) or the user id (``user_deleted``).
+    """
+
+    id: int
+    kind: RevocationKind
+    subject: bytes
+    at: int
+
+
+@attrs.frozen(kw_only=True)
+class DeletedCounts:
+    """What :meth:`Store.delete_user` deleted, in stored rows (revoked devices and expired events too)."""
+
+    devices: int
+    streams: int
+    events: int
+
+
+@attrs.frozen(kw_only=True)
+class UserSummary:
+    """One user as ``relay admin user show`` prints it; every count is of one snapshot.
+
+    ``devices`` are the non-revoked devices, ``revoked_devices`` the others; ``streams`` counts the
+    streams holding unexpired events, ``events`` the unexpired events and ``stored_bytes`` their bodies'
+    canonical UTF-8 bytes (what the quotas count).
+    """
+
+    user_id: str
+    created_at: int
+    devices: int
+    revoked_devices: int
+    streams: int
+    events: int
+    stored_bytes: int
 
 
 @attrs.frozen(kw_only=True)
@@ -195,8 +267,17 @@ class Store(Protocol):
         """
         ...
 
-    async def lookup_device(self, device_id: str) -> DeviceLookup:
-        """What the store knows of a device id (handshake, signed requests)."""
+    async def lookup_device(self, device_id: str, *, now_ms: int | None = None) -> DeviceLookup:
+        """What the store knows of a device id (handshake, signed requests).
+
+        :class:`DeletedDevice` for a device of an account deleted by :meth:`delete_user`, while
+        ``now_ms <= expires_at`` of its memory; after that :class:`UnknownDevice`. Without ``now_ms``
+        the memory counts until :meth:`purge_housekeeping` forgets it.
+        """
+        ...
+
+    async def get_user(self, user_id: str, *, now_ms: int, clock_skew_ms: int) -> UserSummary:
+        """The user's counts (see :class:`UserSummary`); :class:`NotFound` for an unknown user."""
         ...
 
     async def list_users(self) -> list[str]:
@@ -216,8 +297,62 @@ class Store(Protocol):
 
         Idempotent: an already revoked device is returned unchanged (its first ``revoked_at``).
         :class:`NotFound` for an unknown device, or one of another user when ``user_id`` is given
-        (``None``: an operator). After this commits no append of the device commits, and its name is
-        free again.
+        (``None``: an operator). After this commits no append or rename of the device commits, and its
+        name is free again. The first revocation appends a ``device_revoked`` entry to the revocation
+        log in the same transaction; an idempotent call appends nothing.
+        """
+        ...
+
+    async def rename_device(
+        self, device_id: str, *, name: str, name_key: str, now_ms: int, user_id: str | None = None
+    ) -> DeviceRecord:
+        """Give the device ``name`` (normalised by the caller, ``name_key`` its key); return it renamed.
+
+        :class:`NotFound` for an unknown device, one of another user when ``user_id`` is given
+        (``None``: an operator), or a revoked one. :class:`NameTaken` when another non-revoked device
+        of the user has ``name_key`` (its own current key is no obstacle: a change of case is a rename).
+        The database enforces the uniqueness, so of two concurrent renames to one name exactly one
+        commits. ``now_ms`` is the time of the rename (the store keeps no rename time).
+        """
+        ...
+
+    async def delete_user(self, user_id: str, *, now_ms: int, remember_ms: int) -> DeletedCounts:
+        """Delete the user and everything of it, in one transaction (PROTOCOL.md §5).
+
+        Devices (revoked ones too), streams, events, enrolment tokens (also those its devices issued),
+        remembered nonces and the user itself; no row of the database holds its ids, keys, names or
+        events afterwards. In the same transaction: a ``user_deleted`` entry in the revocation log, and
+        each device id remembered as a keyed hash until ``now_ms + remember_ms``, for
+        :meth:`lookup_device`. :class:`NotFound` for an unknown user. Appends of its devices then fail
+        with :class:`AccountDeleted`.
+        """
+        ...
+
+    # --- revocation log and nonces ---------------------------------------------------------------
+
+    async def latest_revocation(self) -> int:
+        """The highest id in the revocation log (0 when nothing was ever logged); a cheap read.
+
+        Never decreases: ids are never reused and pruning always keeps the newest entry. Nodes poll
+        this (every 250 ms) and call :meth:`revocations_since` only when it moved.
+        """
+        ...
+
+    async def revocations_since(self, after: int, *, limit: int = 1000) -> list[RevocationEntry]:
+        """Log entries with ``id > after``, ascending, at most ``limit``.
+
+        Entries are kept :data:`REVOCATION_LOG_RETENTION_MS` (the newest one longer): a reader whose
+        ``after`` is older than the oldest entry left may have missed some.
+        """
+        ...
+
+    async def remember_nonce(self, device_id: str, nonce: str, *, expires_at: int, now_ms: int) -> bool:
+        """Remember the (device, nonce) pair of a signed request until ``expires_at`` (PROTOCOL.md §3).
+
+        True when the pair was not remembered, or only until before ``now_ms``; False when it is
+        remembered and unexpired (``now_ms <= expires_at``: a replay), which changes nothing. Atomic:
+        of concurrent calls with one pair exactly one is True. The nonce is stored as given (it is sent
+        in clear and proves nothing alone). :class:`AccountDeleted` when the device does not exist.
         """
         ...
 
@@ -270,5 +405,17 @@ class Store(Protocol):
         """Delete up to ``batch`` expired events, soonest expired first, in one short transaction.
 
         Heads never decrease. Returns how many were deleted: call again while it returns ``batch``.
+        Events only: the rest is :meth:`purge_housekeeping`.
+        """
+        ...
+
+    async def purge_housekeeping(self, *, now_ms: int, batch: int) -> int:
+        """Forget up to ``batch`` rows, in one short transaction, of what is kept only for a while.
+
+        In this order: nonces remembered until before ``now_ms``, deleted-device hashes remembered
+        until before ``now_ms``, revocation log entries with ``at`` older than
+        :data:`REVOCATION_LOG_RETENTION_MS` (never the newest entry), and enrolment tokens that
+        expired more than :data:`EXPIRED_TOKEN_RETENTION_MS` ago. Returns how many rows were deleted:
+        call again while it returns ``batch``.
         """
         ...

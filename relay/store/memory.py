@@ -6,7 +6,10 @@ work without yielding: a cancelled call has done nothing, a call that returns ha
 and calls never interleave (the memory equivalent of the SQLite store's single writer).
 
 Semantics are those of :class:`relay.store.sqlite.SqliteStore` exactly (the contract suite in
-``tests/store`` runs against both); nothing survives the object.
+``tests/store`` runs against both); nothing survives the object. The state is one
+:class:`~relay.store.memory_tables.Tables`; devices after enrolment, accounts, the revocation log and
+nonces are plain functions on it in :mod:`relay.store.memory_accounts`, keyed hashes use
+``secrets.token_secret``.
 """
 
 from __future__ import annotations
@@ -34,54 +37,28 @@ from relay.errors import (
 from relay.protocol.messages import StoredEvent
 from relay.protocol.validation import is_expired
 from relay.store import _common
+from relay.store import memory_accounts as accounts
 from relay.store.base import (
     Appended,
     AppendRequest,
+    DeletedCounts,
     DeviceLookup,
     DeviceRecord,
     Enrollment,
     IssuedToken,
     MigrationStatus,
     NewUser,
+    RevocationEntry,
     ServerSecrets,
     StoreStatistics,
-    UnknownDevice,
+    UserSummary,
 )
+from relay.store.memory_tables import StreamRow, Tables, TokenRow, UserRow
 
 if TYPE_CHECKING:
     from relay.store.base import Store
 
 __all__ = ["MemoryStore"]
-
-
-@attrs.define(eq=False)
-class _Token:
-    user_id: str
-    issued_by: str | None
-    bound_key: bytes | None
-    expires_at: int
-    used_at: int | None = None
-    voided_at: int | None = None
-
-
-@attrs.define(eq=False)
-class _Stream:
-    head: int
-    last_written_at: int
-    #: The latest ``expires_at`` of any event appended: the stream holds unexpired events exactly
-    #: when this one is unexpired (only expired events are ever purged).
-    max_expires_at: int
-    #: seq → event, in ascending seq (appends only add larger seqs; purging only removes).
-    events: dict[int, StoredEvent] = attrs.Factory(dict)
-
-
-@attrs.define(eq=False)
-class _User:
-    created_at: int
-    #: Body bytes of the user's events still held (expired ones included until purged): an upper
-    #: bound of the unexpired bytes, so the exact count is only needed near the quota.
-    held_bytes: int = 0
-    device_ids: list[str] = attrs.Factory(list)
 
 
 @attrs.define(eq=False)
@@ -96,14 +73,7 @@ class MemoryStore:
         factory=lambda: ServerSecrets(signing_seed=crypto.new_secret(), token_secret=crypto.new_secret())
     )
     id_factory: Callable[[], str] = _common.new_id
-    _users: dict[str, _User] = attrs.field(init=False, factory=dict)
-    _devices: dict[str, DeviceRecord] = attrs.field(init=False, factory=dict)
-    _keys: dict[bytes, str] = attrs.field(init=False, factory=dict)
-    _name_keys: dict[str, str] = attrs.field(init=False, factory=dict)
-    _tokens: dict[bytes, _Token] = attrs.field(init=False, factory=dict)
-    _streams: dict[tuple[str, str], _Stream] = attrs.field(init=False, factory=dict)
-    #: (device_id, event id) → (user_id, stream, seq) of a held event.
-    _ids: dict[tuple[str, str], tuple[str, str, int]] = attrs.field(init=False, factory=dict)
+    _t: Tables = attrs.field(init=False, factory=Tables)
     _transactions: int = attrs.field(init=False, default=0)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -138,9 +108,9 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         self._write()
         user_id = self.id_factory()
-        self._users[user_id] = _User(created_at=now_ms)
+        self._t.users[user_id] = UserRow(created_at=now_ms)
         issued, token_hash = _common.new_token(now_ms=now_ms, token_ttl_ms=token_ttl_ms)
-        self._tokens[token_hash] = _Token(
+        self._t.tokens[token_hash] = TokenRow(
             user_id=user_id, issued_by=None, bound_key=None, expires_at=issued.expires_at
         )
         return NewUser(user_id=user_id, token=issued)
@@ -156,16 +126,16 @@ class MemoryStore:
     ) -> IssuedToken:
         await trio.lowlevel.checkpoint()
         self._write()
-        if user_id not in self._users:
+        if user_id not in self._t.users:
             raise NotFound("No such user")
         if issued_by is not None:
-            issuer = self._devices.get(issued_by)
+            issuer = self._t.devices.get(issued_by)
             if issuer is None or issuer.user_id != user_id:
                 raise NotFound("No such device")
             if issuer.revoked:
                 raise DeviceRevoked()
         issued, token_hash = _common.new_token(now_ms=now_ms, token_ttl_ms=token_ttl_ms)
-        self._tokens[token_hash] = _Token(
+        self._t.tokens[token_hash] = TokenRow(
             user_id=user_id, issued_by=issued_by, bound_key=bound_key, expires_at=issued.expires_at
         )
         return issued
@@ -174,11 +144,11 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         self._write()
         token = self._usable_token(enrollment)
-        user = self._users[token.user_id]
-        live = [d for d in (self._devices[i] for i in user.device_ids) if not d.revoked]
-        if any(self._name_keys[d.device_id] == enrollment.name_key for d in live):
+        user = self._t.users[token.user_id]
+        live = [d for d in (self._t.devices[i] for i in user.device_ids) if not d.revoked]
+        if any(self._t.name_keys[d.device_id] == enrollment.name_key for d in live):
             raise NameTaken()
-        if enrollment.public_key in self._keys:
+        if enrollment.public_key in self._t.keys:
             raise KeyInUse()
         if len(live) >= enrollment.max_devices:
             raise TooManyDevices()
@@ -190,59 +160,86 @@ class MemoryStore:
             created_at=enrollment.now_ms,
         )
         token.used_at = enrollment.now_ms
-        self._devices[device.device_id] = device
-        self._keys[device.public_key] = device.device_id
-        self._name_keys[device.device_id] = enrollment.name_key
+        self._t.devices[device.device_id] = device
+        self._t.keys[device.public_key] = device.device_id
+        self._t.name_keys[device.device_id] = enrollment.name_key
         user.device_ids.append(device.device_id)
         return device
 
-    def _usable_token(self, enrollment: Enrollment) -> _Token:
-        token = self._tokens.get(enrollment.token_hash)
+    def _usable_token(self, enrollment: Enrollment) -> TokenRow:
+        token = self._t.tokens.get(enrollment.token_hash)
         if (
             token is None
             or token.used_at is not None
             or token.voided_at is not None
             or _common.token_expired(token.expires_at, now_ms=enrollment.now_ms)
             or (token.bound_key is not None and token.bound_key != enrollment.public_key)
-            or (token.issued_by is not None and self._devices[token.issued_by].revoked)
+            or (token.issued_by is not None and self._t.devices[token.issued_by].revoked)
         ):
             raise InvalidToken()
         return token
 
-    async def lookup_device(self, device_id: str) -> DeviceLookup:
+    async def lookup_device(self, device_id: str, *, now_ms: int | None = None) -> DeviceLookup:
         await trio.lowlevel.checkpoint()
-        return self._devices.get(device_id, UnknownDevice())
+        return accounts.lookup_device(
+            self._t, device_id, token_secret=self.secrets.token_secret, now_ms=now_ms
+        )
+
+    async def get_user(self, user_id: str, *, now_ms: int, clock_skew_ms: int) -> UserSummary:
+        await trio.lowlevel.checkpoint()
+        return accounts.get_user(self._t, user_id, now_ms=now_ms, clock_skew_ms=clock_skew_ms)
 
     async def list_users(self) -> list[str]:
         await trio.lowlevel.checkpoint()
-        return list(self._users)
+        return list(self._t.users)
 
     async def list_devices(self, user_id: str) -> list[DeviceRecord]:
         await trio.lowlevel.checkpoint()
-        user = self._users.get(user_id)
-        return [] if user is None else [self._devices[i] for i in user.device_ids]
+        user = self._t.users.get(user_id)
+        return [] if user is None else [self._t.devices[i] for i in user.device_ids]
 
     async def touch_device(self, device_id: str, *, now_ms: int) -> None:
         await trio.lowlevel.checkpoint()
         self._write()
-        device = self._devices.get(device_id)
+        device = self._t.devices.get(device_id)
         if device is not None and (device.last_seen_at is None or device.last_seen_at < now_ms):
-            self._devices[device_id] = attrs.evolve(device, last_seen_at=now_ms)
+            self._t.devices[device_id] = attrs.evolve(device, last_seen_at=now_ms)
 
     async def revoke_device(self, device_id: str, *, now_ms: int, user_id: str | None = None) -> DeviceRecord:
         await trio.lowlevel.checkpoint()
         self._write()
-        device = self._devices.get(device_id)
-        if device is None or (user_id is not None and device.user_id != user_id):
-            raise NotFound("No such device")
-        if device.revoked:
-            return device
-        device = attrs.evolve(device, revoked_at=now_ms)
-        self._devices[device_id] = device
-        for token in self._tokens.values():
-            if token.issued_by == device_id and token.used_at is None and token.voided_at is None:
-                token.voided_at = now_ms
-        return device
+        return accounts.revoke_device(
+            self._t, device_id, now_ms=now_ms, user_id=user_id, token_secret=self.secrets.token_secret
+        )
+
+    async def rename_device(
+        self, device_id: str, *, name: str, name_key: str, now_ms: int, user_id: str | None = None
+    ) -> DeviceRecord:
+        await trio.lowlevel.checkpoint()
+        self._write()
+        return accounts.rename_device(self._t, device_id, name=name, name_key=name_key, user_id=user_id)
+
+    async def delete_user(self, user_id: str, *, now_ms: int, remember_ms: int) -> DeletedCounts:
+        await trio.lowlevel.checkpoint()
+        self._write()
+        return accounts.delete_user(
+            self._t, user_id, now_ms=now_ms, remember_ms=remember_ms, token_secret=self.secrets.token_secret
+        )
+
+    # --- revocation log and nonces -----------------------------------------------------------------
+
+    async def latest_revocation(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return accounts.latest_revocation(self._t)
+
+    async def revocations_since(self, after: int, *, limit: int = 1000) -> list[RevocationEntry]:
+        await trio.lowlevel.checkpoint()
+        return accounts.revocations_since(self._t, after, limit=limit)
+
+    async def remember_nonce(self, device_id: str, nonce: str, *, expires_at: int, now_ms: int) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._write()
+        return accounts.remember_nonce(self._t, device_id, nonce, expires_at=expires_at, now_ms=now_ms)
 
     # --- events ------------------------------------------------------------------------------------
 
@@ -250,15 +247,15 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         self._write()
         r = request
-        user = self._users.get(r.user_id)
-        device = self._devices.get(r.device_id)
+        user = self._t.users.get(r.user_id)
+        device = self._t.devices.get(r.device_id)
         if user is None or device is None or device.user_id != r.user_id:
             raise AccountDeleted()
         body = r.body.decode("utf-8")
-        stream = self._streams.get((r.user_id, r.stream))
-        held = self._ids.get((r.device_id, r.id))
+        stream = self._t.streams.get((r.user_id, r.stream))
+        held = self._t.ids.get((r.device_id, r.id))
         if held is not None:
-            original = self._streams[held[0], held[1]].events[held[2]]
+            original = self._t.streams[held[0], held[1]].events[held[2]]
             if original.stream == r.stream and original.body == body:
                 return Appended(event=original, duplicate=True)
         self._check_quota(user, r, stream)
@@ -280,25 +277,25 @@ class MemoryStore:
             body=body,
         )
         if stream is None:
-            stream = self._streams[r.user_id, r.stream] = _Stream(
+            stream = self._t.streams[r.user_id, r.stream] = StreamRow(
                 head=0, last_written_at=r.received_at, max_expires_at=r.expires_at
             )
         stream.head = event.seq
         stream.last_written_at = r.received_at
         stream.max_expires_at = max(stream.max_expires_at, r.expires_at)
         stream.events[event.seq] = event
-        self._ids[r.device_id, r.id] = (r.user_id, r.stream, event.seq)
+        self._t.ids[r.device_id, r.id] = (r.user_id, r.stream, event.seq)
         user.held_bytes += len(r.body)
         return Appended(event=event, duplicate=False)
 
-    def _check_quota(self, user: _User, r: AppendRequest, stream: _Stream | None) -> None:
+    def _check_quota(self, user: UserRow, r: AppendRequest, stream: StreamRow | None) -> None:
         def expired(expires_at: int) -> bool:
             return is_expired(expires_at, now_ms=r.received_at, clock_skew_ms=r.clock_skew_ms)
 
         if stream is None or expired(stream.max_expires_at):
             live = sum(
                 1
-                for (uid, _), s in self._streams.items()
+                for (uid, _), s in self._t.streams.items()
                 if uid == r.user_id and not expired(s.max_expires_at)
             )
             if live >= r.max_streams:
@@ -307,7 +304,7 @@ class MemoryStore:
         if user.held_bytes + size > r.max_stored_bytes:
             unexpired = sum(
                 len(e.body.encode("utf-8"))
-                for (uid, _), s in self._streams.items()
+                for (uid, _), s in self._t.streams.items()
                 if uid == r.user_id
                 for e in s.events.values()
                 if not expired(e.expires_at)
@@ -317,14 +314,14 @@ class MemoryStore:
 
     async def stream_head(self, user_id: str, stream: str) -> int:
         await trio.lowlevel.checkpoint()
-        found = self._streams.get((user_id, stream))
+        found = self._t.streams.get((user_id, stream))
         return 0 if found is None else found.head
 
     async def read_events(
         self, user_id: str, stream: str, *, after: int, head: int, limit: int, now_ms: int, clock_skew_ms: int
     ) -> list[StoredEvent]:
         await trio.lowlevel.checkpoint()
-        found = self._streams.get((user_id, stream))
+        found = self._t.streams.get((user_id, stream))
         if found is None or limit <= 0:
             return []
         page: list[StoredEvent] = []
@@ -337,10 +334,10 @@ class MemoryStore:
                     break
         return page
 
-    def _live_streams(self, user_id: str, *, now_ms: int, clock_skew_ms: int) -> list[tuple[str, _Stream]]:
+    def _live_streams(self, user_id: str, *, now_ms: int, clock_skew_ms: int) -> list[tuple[str, StreamRow]]:
         return [
             (name, s)
-            for (uid, name), s in self._streams.items()
+            for (uid, name), s in self._t.streams.items()
             if uid == user_id and not is_expired(s.max_expires_at, now_ms=now_ms, clock_skew_ms=clock_skew_ms)
         ]
 
@@ -370,18 +367,23 @@ class MemoryStore:
         self._write()
         expired = sorted(
             (event.expires_at, uid, name, seq)
-            for (uid, name), s in self._streams.items()
+            for (uid, name), s in self._t.streams.items()
             for seq, event in s.events.items()
             if is_expired(event.expires_at, now_ms=now_ms, clock_skew_ms=clock_skew_ms)
         )[: max(batch, 0)]
         deleted: collections.Counter[str] = collections.Counter()
         for _, uid, name, seq in expired:
-            event = self._streams[uid, name].events.pop(seq)
-            del self._ids[event.device_id, event.id]
+            event = self._t.streams[uid, name].events.pop(seq)
+            del self._t.ids[event.device_id, event.id]
             deleted[uid] += len(event.body.encode("utf-8"))
         for uid, size in deleted.items():
-            self._users[uid].held_bytes -= size
+            self._t.users[uid].held_bytes -= size
         return len(expired)
+
+    async def purge_housekeeping(self, *, now_ms: int, batch: int) -> int:
+        await trio.lowlevel.checkpoint()
+        self._write()
+        return accounts.purge_housekeeping(self._t, now_ms=now_ms, batch=batch)
 
 
 if TYPE_CHECKING:

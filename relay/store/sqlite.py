@@ -11,11 +11,14 @@ Connections (ARCHITECTURE.md "Store"):
   at a time through ``trio.to_thread.run_sync`` under a ``CapacityLimiter``. In WAL mode readers never
   wait for the writer, nor the writer for them.
 
-Every connection runs ``journal_mode=WAL`` (set once, persistent), ``synchronous=FULL`` (an
-acknowledged commit survives power loss), ``secure_delete=ON`` (deleted rows are overwritten, §5),
-``foreign_keys=ON`` and a ``busy_timeout`` for the write lock that other processes (``relay admin``
-commands, a second worker) may hold. Every ``sqlite3.Error`` is raised as
-:class:`~relay.errors.StoreUnavailable` ``from`` it.
+Every connection (opened by :mod:`relay.store.sqlite_connections`) runs ``journal_mode=WAL`` (set
+once, persistent), ``synchronous=FULL`` (an acknowledged commit survives power loss),
+``secure_delete=ON`` (deleted rows are overwritten, §5), ``foreign_keys=ON`` and a ``busy_timeout`` for
+the write lock that other processes (``relay admin`` commands, a second worker) may hold. Every
+``sqlite3.Error`` is raised as :class:`~relay.errors.StoreUnavailable` ``from`` it.
+
+Methods that write or look up keyed hashes (revocations, deletions, device lookups) first read the
+server's ``token_secret`` through :meth:`SqliteStore.load_or_create_secrets` (from its file, once).
 
 Cancellation: writes, see :mod:`relay.store.sqlite_writer` (a cancelled caller stops waiting; the
 write commits or not as a whole). A cancelled read is interrupted (``sqlite3_interrupt``) and
@@ -24,166 +27,59 @@ abandoned; its connection goes back to the pool when the worker thread is done w
 
 from __future__ import annotations
 
-import collections
 import functools
-import os
 import sqlite3
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING
 
 import trio
 
-from relay.errors import StoreUnavailable
 from relay.protocol.messages import StoredEvent
+from relay.store import sqlite_accounts_txn as accounts
+from relay.store import sqlite_revocations_txn as revocations
 from relay.store import sqlite_txn as txn
 from relay.store.base import (
     Appended,
     AppendRequest,
+    DeletedCounts,
     DeviceLookup,
     DeviceRecord,
     Enrollment,
     IssuedToken,
     MigrationStatus,
     NewUser,
+    RevocationEntry,
     ServerSecrets,
     StoreStatistics,
+    UserSummary,
 )
 from relay.store.secret_files import load_or_create_secret_files
+from relay.store.sqlite_connections import (
+    BUSY_TIMEOUT_MS,
+    DATABASE_FILE,
+    READ_POOL_CONNECTIONS,
+    ReaderPool,
+    open_writer,
+)
 from relay.store.sqlite_migrations import (
     DEFAULT_MIGRATIONS_DIR,
     applied_migrations,
     apply_migrations,
     load_migrations,
 )
-from relay.store.sqlite_writer import MAX_GROUP_REQUESTS, SqliteWriter, store_unavailable
+from relay.store.sqlite_writer import MAX_GROUP_REQUESTS, SqliteWriter
 
 if TYPE_CHECKING:
     from relay.store.base import Store
 
 __all__ = ["BUSY_TIMEOUT_MS", "DATABASE_FILE", "READ_POOL_CONNECTIONS", "SqliteStore"]
 
-T = TypeVar("T")
-
-DATABASE_FILE = "relay.sqlite3"
-#: Read connections, hence reads running at once (connections; one worker thread each).
-READ_POOL_CONNECTIONS = 4
-#: How long a connection waits for a lock held by another process before giving up (milliseconds).
-BUSY_TIMEOUT_MS = 5000
-
-
-def _connect(path: Path, *, writer: bool) -> sqlite3.Connection:
-    # isolation_level=None: no implicit BEGIN; the writer opens its transactions explicitly.
-    conn = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-    )
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA secure_delete = ON")
-        conn.execute("PRAGMA synchronous = FULL")
-        if writer:
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode != "wal":
-                raise StoreUnavailable(detail=f"{path}: SQLite refused WAL mode (journal_mode={mode})")
-        else:
-            conn.execute("PRAGMA query_only = ON")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _open_writer(data_dir: Path) -> sqlite3.Connection:
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = data_dir / DATABASE_FILE
-        # Create it private; SQLite gives its -wal and -shm files the same mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        return _connect(path, writer=True)
-    except OSError as exc:
-        raise StoreUnavailable(detail=f"cannot open the database in {data_dir}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise store_unavailable(exc, "open") from exc
-
-
-class _ReaderPool:
-    """Read connections, handed to worker threads one at a time (see the module docstring)."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self._path = path
-        self._limiter = trio.CapacityLimiter(size)
-        # Taken and given back by worker threads: deque's append and pop are atomic.
-        self._idle: collections.deque[sqlite3.Connection] = collections.deque()
-        self._closed = False
-
-    async def run(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreUnavailable(detail="the store is closed")
-        call = _ReadCall(self, name, fn)
-        try:
-            return await trio.to_thread.run_sync(call.run, limiter=self._limiter, abandon_on_cancel=True)
-        except trio.Cancelled:
-            call.interrupt()
-            raise
-
-    def take(self) -> sqlite3.Connection:
-        try:
-            return self._idle.pop()
-        except IndexError:
-            return _connect(self._path, writer=False)
-
-    def give_back(self, conn: sqlite3.Connection) -> None:
-        if self._closed:
-            conn.close()
-        else:
-            self._idle.append(conn)
-
-    def close(self) -> None:
-        """Close the idle connections; busy ones are closed by their threads when they finish."""
-        self._closed = True
-        while self._idle:
-            self._idle.pop().close()
-
-
-class _ReadCall(Generic[T]):
-    """One read in a worker thread, interruptible from the trio thread while it runs."""
-
-    def __init__(self, pool: _ReaderPool, name: str, fn: Callable[[sqlite3.Connection], T]) -> None:
-        self._pool = pool
-        self._name = name
-        self._fn = fn
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def run(self) -> T:
-        try:
-            conn = self._pool.take()
-        except sqlite3.Error as exc:
-            raise store_unavailable(exc, self._name) from exc
-        with self._lock:
-            self._conn = conn
-        try:
-            return self._fn(conn)
-        except sqlite3.Error as exc:
-            raise store_unavailable(exc, self._name) from exc
-        finally:
-            with self._lock:  # after this, interrupt() can no longer reach the connection
-                self._conn = None
-            self._pool.give_back(conn)
-
-    def interrupt(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.interrupt()
-
 
 class SqliteStore:
     """The SQLite :class:`relay.store.base.Store`. Make one with :meth:`open`, inside trio."""
 
     def __init__(
-        self, *, data_dir: Path, writer: SqliteWriter, readers: _ReaderPool, migrations_dir: Path
+        self, *, data_dir: Path, writer: SqliteWriter, readers: ReaderPool, migrations_dir: Path
     ) -> None:
         self._data_dir = data_dir
         self._writer = writer
@@ -207,10 +103,10 @@ class SqliteStore:
         belongs to the trio run that opened it (the writer thread answers into that run); the caller
         owns it and must :meth:`close` it, which waits for the writes already accepted.
         """
-        conn = await trio.to_thread.run_sync(_open_writer, data_dir)
+        conn = await trio.to_thread.run_sync(open_writer, data_dir)
         writer = SqliteWriter(conn, max_group=max_group)
         writer.start()
-        readers = _ReaderPool(data_dir / DATABASE_FILE, read_connections)
+        readers = ReaderPool(data_dir / DATABASE_FILE, read_connections)
         return cls(data_dir=data_dir, writer=writer, readers=readers, migrations_dir=migrations_dir)
 
     @property
@@ -256,6 +152,10 @@ class SqliteStore:
             self._secrets = await trio.to_thread.run_sync(load_or_create_secret_files, self._data_dir)
         return self._secrets
 
+    async def _token_secret(self) -> bytes:
+        """The key of the keyed hashes this store writes and looks up (read from its file once)."""
+        return (await self.load_or_create_secrets()).token_secret
+
     # --- users and enrolment -----------------------------------------------------------------------
 
     async def create_user(self, *, now_ms: int, token_ttl_ms: int) -> NewUser:
@@ -284,26 +184,79 @@ class SqliteStore:
     async def enroll(self, enrollment: Enrollment) -> DeviceRecord:
         return await self._writer.submit("enroll", functools.partial(txn.enroll_txn, e=enrollment))
 
-    async def lookup_device(self, device_id: str) -> DeviceLookup:
-        return await self._readers.run(
-            "lookup_device", functools.partial(txn.lookup_device_txn, device_id=device_id)
+    async def lookup_device(self, device_id: str, *, now_ms: int | None = None) -> DeviceLookup:
+        fn = functools.partial(
+            accounts.lookup_device_txn,
+            device_id=device_id,
+            token_secret=await self._token_secret(),
+            now_ms=now_ms,
         )
+        return await self._readers.run("lookup_device", fn)
+
+    async def get_user(self, user_id: str, *, now_ms: int, clock_skew_ms: int) -> UserSummary:
+        fn = functools.partial(
+            accounts.get_user_txn, user_id=user_id, now_ms=now_ms, clock_skew_ms=clock_skew_ms
+        )
+        return await self._readers.run("get_user", fn)
 
     async def list_users(self) -> list[str]:
-        return await self._readers.run("list_users", txn.list_users_txn)
+        return await self._readers.run("list_users", accounts.list_users_txn)
 
     async def list_devices(self, user_id: str) -> list[DeviceRecord]:
         return await self._readers.run(
-            "list_devices", functools.partial(txn.list_devices_txn, user_id=user_id)
+            "list_devices", functools.partial(accounts.list_devices_txn, user_id=user_id)
         )
 
     async def touch_device(self, device_id: str, *, now_ms: int) -> None:
-        fn = functools.partial(txn.touch_device_txn, device_id=device_id, now_ms=now_ms)
+        fn = functools.partial(accounts.touch_device_txn, device_id=device_id, now_ms=now_ms)
         await self._writer.submit("touch_device", fn)
 
     async def revoke_device(self, device_id: str, *, now_ms: int, user_id: str | None = None) -> DeviceRecord:
-        fn = functools.partial(txn.revoke_device_txn, device_id=device_id, now_ms=now_ms, user_id=user_id)
+        fn = functools.partial(
+            accounts.revoke_device_txn,
+            device_id=device_id,
+            now_ms=now_ms,
+            user_id=user_id,
+            token_secret=await self._token_secret(),
+        )
         return await self._writer.submit("revoke_device", fn)
+
+    async def rename_device(
+        self, device_id: str, *, name: str, name_key: str, now_ms: int, user_id: str | None = None
+    ) -> DeviceRecord:
+        fn = functools.partial(
+            accounts.rename_device_txn, device_id=device_id, name=name, name_key=name_key, user_id=user_id
+        )
+        return await self._writer.submit("rename_device", fn)
+
+    async def delete_user(self, user_id: str, *, now_ms: int, remember_ms: int) -> DeletedCounts:
+        fn = functools.partial(
+            accounts.delete_user_txn,
+            user_id=user_id,
+            now_ms=now_ms,
+            remember_ms=remember_ms,
+            token_secret=await self._token_secret(),
+        )
+        return await self._writer.submit("delete_user", fn)
+
+    # --- revocation log and nonces -----------------------------------------------------------------
+
+    async def latest_revocation(self) -> int:
+        return await self._readers.run("latest_revocation", revocations.latest_revocation_txn)
+
+    async def revocations_since(self, after: int, *, limit: int = 1000) -> list[RevocationEntry]:
+        fn = functools.partial(revocations.revocations_since_txn, after=after, limit=limit)
+        return await self._readers.run("revocations_since", fn)
+
+    async def remember_nonce(self, device_id: str, nonce: str, *, expires_at: int, now_ms: int) -> bool:
+        fn = functools.partial(
+            accounts.remember_nonce_txn,
+            device_id=device_id,
+            nonce=nonce,
+            expires_at=expires_at,
+            now_ms=now_ms,
+        )
+        return await self._writer.submit("remember_nonce", fn)
 
     # --- events ------------------------------------------------------------------------------------
 
@@ -353,6 +306,10 @@ class SqliteStore:
     async def purge_expired(self, *, now_ms: int, clock_skew_ms: int, batch: int) -> int:
         fn = functools.partial(txn.purge_expired_txn, now_ms=now_ms, clock_skew_ms=clock_skew_ms, batch=batch)
         return await self._writer.submit("purge_expired", fn)
+
+    async def purge_housekeeping(self, *, now_ms: int, batch: int) -> int:
+        fn = functools.partial(accounts.purge_housekeeping_txn, now_ms=now_ms, batch=batch)
+        return await self._writer.submit("purge_housekeeping", fn)
 
 
 if TYPE_CHECKING:

@@ -1,5 +1,9 @@
 """The SQL of the SQLite store: one blocking function per store method, each taking a connection.
 
+This module holds users, enrolment tokens, enrolment and events; devices after their enrolment and
+accounts are :mod:`relay.store.sqlite_accounts_txn`, the revocation log and the memory of deleted
+devices :mod:`relay.store.sqlite_revocations_txn`.
+
 Write functions (``*_txn`` taking the writer connection) run inside a savepoint of a group transaction
 opened by :mod:`relay.store.sqlite_writer`; they read and write through ``conn`` only and raise the
 errors of :mod:`relay.errors` for refusals (the savepoint is then rolled back). Read functions run on a
@@ -30,29 +34,13 @@ from relay.store import _common
 from relay.store.base import (
     Appended,
     AppendRequest,
-    DeviceLookup,
     DeviceRecord,
     Enrollment,
     IssuedToken,
     NewUser,
-    UnknownDevice,
 )
 
-_DEVICE_COLUMNS = "device_id, user_id, public_key, name, created_at, last_seen_at, revoked_at"
 _EVENT_COLUMNS = "stream, seq, id, device_id, ts, received_at, expires_at, body"
-
-
-def _device(row: tuple[str, str, bytes, str, int, int | None, int | None]) -> DeviceRecord:
-    device_id, user_id, public_key, name, created_at, last_seen_at, revoked_at = row
-    return DeviceRecord(
-        device_id=device_id,
-        user_id=user_id,
-        public_key=public_key,
-        name=name,
-        created_at=created_at,
-        last_seen_at=last_seen_at,
-        revoked_at=revoked_at,
-    )
 
 
 def _event(row: tuple[str, int, str, str, int, int, int, str]) -> StoredEvent:
@@ -69,7 +57,7 @@ def _event(row: tuple[str, int, str, str, int, int, int, str]) -> StoredEvent:
     )
 
 
-# --- users, tokens and devices (writes) ------------------------------------------------------------
+# --- users, tokens and enrolment (writes) ----------------------------------------------------------
 
 
 def _insert_token_txn(
@@ -168,40 +156,6 @@ def enroll_txn(conn: sqlite3.Connection, e: Enrollment) -> DeviceRecord:
     )
     conn.execute("UPDATE enrollment_tokens SET used_at = ? WHERE token_hash = ?", (e.now_ms, e.token_hash))
     return device
-
-
-def touch_device_txn(conn: sqlite3.Connection, *, device_id: str, now_ms: int) -> None:
-    conn.execute(
-        "UPDATE devices SET last_seen_at = ?"
-        " WHERE device_id = ? AND (last_seen_at IS NULL OR last_seen_at < ?)",
-        (now_ms, device_id, now_ms),
-    )
-
-
-def revoke_device_txn(
-    conn: sqlite3.Connection, *, device_id: str, now_ms: int, user_id: str | None
-) -> DeviceRecord:
-    row = conn.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()  # noqa: S608
-    if row is None or (user_id is not None and row[1] != user_id):
-        raise NotFound("No such device")
-    device = _device(row)
-    if device.revoked:
-        return device
-    conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", (now_ms, device_id))
-    conn.execute(
-        "UPDATE enrollment_tokens SET voided_at = ?"
-        " WHERE issued_by = ? AND used_at IS NULL AND voided_at IS NULL",
-        (now_ms, device_id),
-    )
-    return DeviceRecord(
-        device_id=device.device_id,
-        user_id=device.user_id,
-        public_key=device.public_key,
-        name=device.name,
-        created_at=device.created_at,
-        last_seen_at=device.last_seen_at,
-        revoked_at=now_ms,
-    )
 
 
 # --- events (writes) -------------------------------------------------------------------------------
@@ -309,23 +263,6 @@ def purge_expired_txn(conn: sqlite3.Connection, *, now_ms: int, clock_skew_ms: i
 
 
 # --- reads -----------------------------------------------------------------------------------------
-
-
-def lookup_device_txn(conn: sqlite3.Connection, device_id: str) -> DeviceLookup:
-    row = conn.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()  # noqa: S608
-    return UnknownDevice() if row is None else _device(row)
-
-
-def list_users_txn(conn: sqlite3.Connection) -> list[str]:
-    return [u for (u,) in conn.execute("SELECT user_id FROM users ORDER BY created_at, rowid")]
-
-
-def list_devices_txn(conn: sqlite3.Connection, user_id: str) -> list[DeviceRecord]:
-    rows = conn.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? ORDER BY created_at, rowid",  # noqa: S608
-        (user_id,),
-    )
-    return [_device(row) for row in rows]
 
 
 def stream_head_txn(conn: sqlite3.Connection, user_id: str, stream: str) -> int:

@@ -49,3 +49,20 @@ async def test_ids_can_be_made_predictable() -> None:
             "00000000-0000-4000-8000-000000000000",
             "00000000-0000-4000-8000-000000000001",
         )
+
+
+async def test_accounts_and_the_revocation_log_do_not_move_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(CAP_S):
+        store = MemoryStore()
+        start = trio.current_time()
+        device = await new_device(store)
+        await store.rename_device(device.device_id, name="Pocket", name_key="pocket", now_ms=NOW)
+        assert await store.remember_nonce(device.device_id, "n", expires_at=NOW, now_ms=NOW)
+        await store.get_user(device.user_id, now_ms=NOW, clock_skew_ms=SKEW_MS)
+        await store.revoke_device(device.device_id, now_ms=NOW)
+        await store.delete_user(device.user_id, now_ms=NOW, remember_ms=1)
+        assert len(await store.revocations_since(0)) == await store.latest_revocation() == 2
+        assert await store.purge_housekeeping(now_ms=NOW + 2, batch=10) == 1  # the device hash
+        assert trio.current_time() == start

@@ -143,6 +143,10 @@ async def test_a_secret_of_the_wrong_size_stops_the_store(tmp_path: Path) -> Non
 # --- migrations ----------------------------------------------------------------------------------
 
 
+#: The migrations shipped with relay, in order.
+SHIPPED = [path.stem for path in sorted(DEFAULT_MIGRATIONS_DIR.glob("*.sql"))]
+
+
 def _schema_dir(tmp_path: Path, *extra: tuple[str, str]) -> Path:
     directory = tmp_path / "schema"
     directory.mkdir(exist_ok=True)
@@ -177,7 +181,7 @@ async def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
 
 async def test_two_stores_migrating_one_file_at_once_apply_each_migration_once(tmp_path: Path) -> None:
     with trio.fail_after(CAP_S):
-        extra = ("002-extra.sql", "-- 002: a test migration\nCREATE TABLE extra (x INTEGER) STRICT;\n")
+        extra = ("900-extra.sql", "-- 900: a test migration\nCREATE TABLE extra (x INTEGER) STRICT;\n")
         schema = _schema_dir(tmp_path, extra)
         stores = [await SqliteStore.open(tmp_path / "data", migrations_dir=schema) for _ in range(2)]
         results: list[list[str]] = []
@@ -189,10 +193,10 @@ async def test_two_stores_migrating_one_file_at_once_apply_each_migration_once(t
             async with trio.open_nursery() as nursery:
                 for store in stores:
                     nursery.start_soon(migrate, store)
-            assert sorted(name for applied in results for name in applied) == ["001-initial", "002-extra"]
+            assert sorted(name for applied in results for name in applied) == [*SHIPPED, "900-extra"]
             for store in stores:
                 status = await store.migration_status()
-                assert (status.applied, status.pending) == (["001-initial", "002-extra"], [])
+                assert (status.applied, status.pending) == ([*SHIPPED, "900-extra"], [])
         finally:
             for store in stores:
                 await store.close()
@@ -201,8 +205,8 @@ async def test_two_stores_migrating_one_file_at_once_apply_each_migration_once(t
 async def test_a_failing_migration_leaves_nothing_of_itself(tmp_path: Path) -> None:
     with trio.fail_after(CAP_S):
         broken = (
-            "002-broken.sql",
-            "-- 002: fails halfway\nCREATE TABLE half (x INTEGER);\nNOT SQL AT ALL;\n",
+            "900-broken.sql",
+            "-- 900: fails halfway\nCREATE TABLE half (x INTEGER);\nNOT SQL AT ALL;\n",
         )
         store = await SqliteStore.open(tmp_path / "data", migrations_dir=_schema_dir(tmp_path, broken))
         try:
@@ -210,7 +214,7 @@ async def test_a_failing_migration_leaves_nothing_of_itself(tmp_path: Path) -> N
                 await store.migrate()
             assert isinstance(caught.value.__cause__, sqlite3.Error)
             status = await store.migration_status()
-            assert (status.applied, status.pending) == (["001-initial"], ["002-broken"])
+            assert (status.applied, status.pending) == (SHIPPED, ["900-broken"])
             with sqlite3.connect(store.path) as conn:
                 tables = {
                     name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")

@@ -1,4 +1,5 @@
-"""The ``relay`` command: ``relay serve`` and the ``relay admin ...`` tree of PROTOCOL.md §8.
+"""The ``relay`` command: ``relay serve``, the ``relay admin ...`` tree of PROTOCOL.md §8, and
+``relay device ...`` (the reference client, :mod:`relay.client.cli`).
 
 This module is the entry point that reads ``os.environ``. Exit status: 0 on success, 1 when a
 command is refused (an unknown id, a command not available in this version, an address already in
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     leaf(db, "migrate", "db migrate", "apply pending migrations")
     leaf(db, "status", "db status", "show applied and pending migrations")
+
+    from relay.client.cli import add_device_commands
+
+    add_device_commands(commands)
     return parser
 
 
@@ -208,6 +213,11 @@ def main(
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     args = build_parser().parse_args(argv)
+    if args.command == "device":  # a client: it reads no server configuration
+        from relay.client.cli import run_device
+
+        _configure_logging(err, logging.WARNING)
+        return run_device(args, stdin=sys.stdin, stdout=out, stderr=err)
     try:
         if args.command == "serve":
             settings = Settings.from_env(

@@ -1,0 +1,20 @@
+"""Loopback tests: the real app behind Hypercorn on a free port, real clients (``relay.client``, on
+trio-websocket and httpx) over real sockets, the real SQLite store in a temporary data dir.
+
+Real clock: every test caps itself with ``trio.fail_after``; nothing here waits for a server timer
+(those rules are tested in-process under MockClock, in tests/gateway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from loopback_support import LiveServer, running_server
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    async with running_server(tmp_path / "data") as live:
+        yield live

@@ -6,6 +6,11 @@
     relay device enroll --uri 'relay:pair?...' --name NAME        any other (a pairing URI, §2)
     relay device publish STREAM [BODY] [--id ID] [--ttl S] [--expect-seq N]
     relay device tail [STREAM ...] [--from-start] [--count N] [--notices]
+    relay device pair [--public-key KEY]                         a pairing URI for another device
+    relay device list [--revoked]                                the user's devices
+    relay device rename NAME [--device ID]                       rename this device (or another)
+    relay device revoke ID                                       revoke a device (this one too)
+    relay device delete-account --yes                            delete the user and everything of it
 
 The device's credentials live in one file (``--device-file``, default ``./relay-device.json``), mode
 0600, written atomically (:mod:`relay.client.credentials`); ``enroll`` refuses to replace one.
@@ -13,7 +18,8 @@ The device's credentials live in one file (``--device-file``, default ``./relay-
 ack. ``tail`` prints each event as one JSON line (``stream``, ``seq``, ``id``, ``device_id``, ``ts``,
 ``received_at``, ``expires_at``, ``body``), in seq order per stream, and records in the device file how
 far it got, so the next ``tail`` resumes there (catching up by replay); a device that never tailed
-starts at the current heads, or at the beginning with ``--from-start``.
+starts at the current heads, or at the beginning with ``--from-start``. The last five sign their
+requests with the device key (§3); ``--json`` prints one JSON object instead of lines for people.
 
 Exit status: 0 on success; 1 when refused (by the server, or no device file, or the server cannot be
 reached), with one line on stderr; 2 for bad arguments.
@@ -26,6 +32,7 @@ import json
 from pathlib import Path
 from typing import TextIO
 
+import attrs
 import trio
 
 from relay.client.client import RelayClient, open_client
@@ -34,7 +41,7 @@ from relay.client.errors import ClientError, ConnectionLost
 from relay.client.http import RelayHttp, parse_pairing_uri
 from relay.errors import RelayError
 from relay.protocol import messages
-from relay.protocol.syntax import is_event_id, is_stream_name
+from relay.protocol.syntax import is_event_id, is_stream_name, is_uuid
 
 __all__ = ["DEFAULT_DEVICE_FILE", "add_device_commands", "run_device"]
 
@@ -56,6 +63,12 @@ def _stream(text: str) -> str:
 def _event_id(text: str) -> str:
     if not is_event_id(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an event id (1..64 of A-Z a-z 0-9 . _ : -)")
+    return text
+
+
+def _uuid(text: str) -> str:
+    if not is_uuid(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lowercase UUID")
     return text
 
 
@@ -114,6 +127,33 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     tail.add_argument("--count", type=_count, metavar="N", help="exit after N events")
     tail.add_argument("--notices", action="store_true", help="print presence and device notices too")
 
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print one JSON object")
+    pair = actions.add_parser(
+        "pair", parents=[file_flag, json_flag], help="pair another device", description="Issue a pairing."
+    )
+    pair.add_argument("--public-key", metavar="KEY", help="bind the token to this device key (b64)")
+    listing = actions.add_parser(
+        "list", parents=[file_flag, json_flag], help="list the user's devices", description="List devices."
+    )
+    listing.add_argument("--revoked", action="store_true", help="list revoked devices instead")
+    rename = actions.add_parser(
+        "rename", parents=[file_flag, json_flag], help="rename a device", description="Rename a device."
+    )
+    rename.add_argument("name", metavar="NAME")
+    rename.add_argument("--device", type=_uuid, metavar="ID", help="another device of the user")
+    revoke = actions.add_parser(
+        "revoke", parents=[file_flag, json_flag], help="revoke a device", description="Revoke a device."
+    )
+    revoke.add_argument("id", type=_uuid, metavar="ID")
+    delete = actions.add_parser(
+        "delete-account",
+        parents=[file_flag, json_flag],
+        help="delete the user and everything of it",
+        description="Delete the user, its devices, streams and events, for good.",
+    )
+    delete.add_argument("--yes", action="store_true", help="confirm the deletion")
+
 
 def run_device(args: argparse.Namespace, *, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """Run ``relay device ...``; return the exit status."""
@@ -124,8 +164,13 @@ def run_device(args: argparse.Namespace, *, stdin: TextIO, stdout: TextIO, stder
             creds = DeviceCredentials.load(args.device_file)
             body = _read_body(args.body, stdin)
             trio.run(_publish, args, creds, body, stdout)
-        else:
+        elif args.device_command == "tail":
             trio.run(_tail, args, DeviceCredentials.load(args.device_file), stdout)
+        else:
+            if args.device_command == "delete-account" and not args.yes:
+                raise ClientError("refusing to delete the account without --yes")
+            creds = DeviceCredentials.load(args.device_file)
+            trio.run(_ACCOUNT_COMMANDS[args.device_command], args, creds, stdout)
     except (CredentialsError, ClientError, ConnectionLost) as exc:
         print(f"relay: {exc}", file=stderr)
         return EXIT_REFUSED
@@ -259,3 +304,83 @@ async def _tail(args: argparse.Namespace, creds: DeviceCredentials, stdout: Text
                     last_saved = trio.current_time()
         finally:
             save(client)
+
+
+# --- the signed device API ------------------------------------------------------------------------------
+
+
+def _print(args: argparse.Namespace, stdout: TextIO, data: dict[str, object], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(data), file=stdout)
+    else:
+        for line in lines:
+            print(line, file=stdout)
+
+
+async def _pair(args: argparse.Namespace, creds: DeviceCredentials, stdout: TextIO) -> None:
+    async with RelayHttp(creds.url, creds=creds) as http:
+        uri, expires_at = await http.pair(public_key=args.public_key)
+    _print(
+        args,
+        stdout,
+        {"uri": str(uri), "expires_at": expires_at},
+        [str(uri), f"single use; expires at {expires_at} (ms since the epoch)"],
+    )
+
+
+async def _list(args: argparse.Namespace, creds: DeviceCredentials, stdout: TextIO) -> None:
+    async with RelayHttp(creds.url, creds=creds) as http:
+        devices = await http.devices(revoked=args.revoked)
+    lines = []
+    for device in devices:
+        marks = [
+            m
+            for m in ("current" if device.get("current") else "", "online" if device.get("online") else "")
+            if m
+        ]
+        if args.revoked:
+            marks.append(f"revoked at {device.get('revoked_at')}")
+        lines.append(
+            f"{device.get('device_id')}  {device.get('name')}" + (f"  ({', '.join(marks)})" if marks else "")
+        )
+    _print(args, stdout, {"devices": devices}, lines or ["no devices"])
+
+
+async def _rename(args: argparse.Namespace, creds: DeviceCredentials, stdout: TextIO) -> None:
+    target = args.device or creds.device_id
+    async with RelayHttp(creds.url, creds=creds) as http:
+        device = await http.rename(target, args.name)
+    if target == creds.device_id:  # keep the device file's name in step
+        latest = DeviceCredentials.load(args.device_file)
+        attrs.evolve(latest, name=str(device.get("name", args.name))).save(args.device_file)
+    _print(args, stdout, device, [f"renamed {target} to {device.get('name')!r}"])
+
+
+async def _revoke(args: argparse.Namespace, creds: DeviceCredentials, stdout: TextIO) -> None:
+    async with RelayHttp(creds.url, creds=creds) as http:
+        await http.revoke(args.id)
+    own = " (this device: it can no longer sign in)" if args.id == creds.device_id else ""
+    _print(args, stdout, {"revoked": args.id}, [f"revoked {args.id}{own}"])
+
+
+async def _delete_account(args: argparse.Namespace, creds: DeviceCredentials, stdout: TextIO) -> None:
+    async with RelayHttp(creds.url, creds=creds) as http:
+        deleted = await http.delete_account()
+    _print(
+        args,
+        stdout,
+        {"deleted": deleted},
+        [
+            f"deleted user {creds.user_id}: {deleted.get('devices')} devices, "
+            f"{deleted.get('streams')} streams, {deleted.get('events')} events"
+        ],
+    )
+
+
+_ACCOUNT_COMMANDS = {
+    "pair": _pair,
+    "list": _list,
+    "rename": _rename,
+    "revoke": _revoke,
+    "delete-account": _delete_account,
+}

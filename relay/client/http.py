@@ -10,7 +10,7 @@ An error answer is raised as the :class:`relay.errors.RelayError` its body names
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -21,7 +21,6 @@ from relay import crypto
 from relay.client.credentials import DeviceCredentials
 from relay.client.errors import ClientError, error_from_wire
 from relay.clock import Clock, SystemClock
-from relay.errors import RelayError
 
 __all__ = [
     "HTTP_NONCE_BYTES",
@@ -205,11 +204,45 @@ class RelayHttp:
             key=key,
         )
 
+    # --- the signed device API (§2, §5, §6) ---------------------------------------------------------
 
-def refusal_line(exc: RelayError) -> str:
-    """One line for people about a refusal the server answered."""
-    return f"refused: {exc.code}: {exc.message}"
+    async def pair(self, *, public_key: str | None = None) -> tuple[PairingUri, int]:
+        """``POST /v1/pairings``: a token for another device (bound to ``public_key`` when given).
 
+        Returns the pairing URI to hand to the new device, and when the token expires.
+        """
+        answer = await self.json(
+            "POST", "/v1/pairings", body={"public_key": public_key} if public_key else {}
+        )
+        try:
+            uri, expires_at = answer["uri"], answer["expires_at"]
+        except (TypeError, KeyError):
+            raise ClientError("POST /v1/pairings answered without a pairing") from None
+        return parse_pairing_uri(uri), expires_at
 
-#: A function making the HTTP client for credentials (the CLI's seam for tests).
-HttpFactory = Callable[[str, DeviceCredentials | None], RelayHttp]
+    async def devices(self, *, revoked: bool = False) -> list[dict[str, Any]]:
+        """``GET /v1/devices``: the user's devices (or, with ``revoked``, its revoked ones)."""
+        answer = await self.json("GET", "/v1/devices?revoked=true" if revoked else "/v1/devices")
+        devices = answer.get("devices") if isinstance(answer, dict) else None
+        if not isinstance(devices, list):
+            raise ClientError("GET /v1/devices answered without devices")
+        return devices
+
+    async def rename(self, device_id: str, name: str) -> dict[str, Any]:
+        """``PATCH /v1/devices/{id}``: the device as renamed."""
+        answer = await self.json("PATCH", f"/v1/devices/{device_id}", body={"name": name})
+        if not isinstance(answer, dict):
+            raise ClientError("PATCH /v1/devices answered without a device")
+        return answer
+
+    async def revoke(self, device_id: str) -> None:
+        """``DELETE /v1/devices/{id}``: revoke a device of the user (this one included)."""
+        await self.json("DELETE", f"/v1/devices/{device_id}")
+
+    async def delete_account(self) -> dict[str, int]:
+        """``DELETE /v1/user``: delete the user and everything of it; what was deleted."""
+        answer = await self.json("DELETE", "/v1/user")
+        deleted = answer.get("deleted") if isinstance(answer, dict) else None
+        if not isinstance(deleted, dict):
+            raise ClientError("DELETE /v1/user answered without counts")
+        return deleted

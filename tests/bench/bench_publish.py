@@ -51,18 +51,18 @@ def process_cpu_s(pid: int) -> float:
 
 
 async def start_server(data_dir: Path, env: dict[str, str]) -> tuple[trio.Process, str]:
+    """``relay serve --port 0`` with its log in ``data_dir/serve.log``; its process and base URL."""
+    log_path = data_dir / "serve.log"
+    log = log_path.open("wb")
     process = await trio.lowlevel.open_process(
-        [*RELAY, "serve", "--port", "0"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*RELAY, "serve", "--port", "0"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
     )
-    assert process.stderr is not None
-    seen = b""
     with trio.fail_after(30):
-        while b" listening on " not in seen or not seen.endswith(b"\n"):
-            chunk = await process.stderr.receive_some(4096)
-            if not chunk:
-                raise RuntimeError(f"relay serve failed:\n{seen.decode()}")
-            seen += chunk
-    url = seen.decode().rsplit(" listening on ", 1)[1].split()[0]
+        while " listening on " not in (text := log_path.read_text()):
+            if process.poll() is not None:
+                raise RuntimeError(f"relay serve failed:\n{text}")
+            await trio.sleep(0.05)
+    url = text.rsplit(" listening on ", 1)[1].split()[0]
     return process, url
 
 

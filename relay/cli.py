@@ -39,6 +39,17 @@ def _uuid(text: str) -> str:
     return text
 
 
+def _device_name(text: str) -> str:
+    """A device name as it will be stored (PROTOCOL.md §1): NFC, trimmed, 1..64 code points."""
+    from relay.errors import BadRequest
+    from relay.protocol.names import normalize_device_name
+
+    try:
+        return normalize_device_name(text)
+    except BadRequest as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device name: {exc.message}") from None
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number in 0..65535 (0: any free port)")
@@ -98,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(device, "revoke", "device revoke", "revoke a device").add_argument("id", type=_uuid, metavar="ID")
     rename = leaf(device, "rename", "device rename", "rename a device")
     rename.add_argument("id", type=_uuid, metavar="ID")
-    rename.add_argument("name", metavar="NAME")
+    rename.add_argument("name", type=_device_name, metavar="NAME")
 
     token = groups.add_parser("token", help="enrolment tokens").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -10,22 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from relay import crypto
 from relay.cli import build_parser, main
+from relay.protocol.names import device_name_key
 from relay.protocol.syntax import is_uuid
+from relay.store.base import Enrollment
+from relay.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.usefixtures("restore_logging")  # `relay` configures the root logger
 
 USER = "0f0e0d0c-0b0a-4908-8706-050403020100"
-
-#: The commands of §8 whose store methods come with a later version (accounts and devices management).
-NOT_YET = [
-    ["user", "show", USER],
-    ["user", "delete", USER, "--yes"],
-    ["device", "revoke", USER],
-    ["device", "rename", USER, "Alice's phone"],
-]
 
 
 def run(argv: list[str], environ: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -40,26 +36,39 @@ def data_env(tmp_path: Path) -> dict[str, str]:
     return {"RELAY_DATA_DIR": str(tmp_path / "data")}
 
 
-@pytest.mark.parametrize("command", NOT_YET, ids=" ".join)
-def test_admin_commands_of_a_later_version_say_plainly_they_are_not_available(
-    command: list[str], data_env: dict[str, str]
-) -> None:
-    status, out, err = run(["admin", *command], data_env)
-    assert status == 1
-    assert out == ""
-    assert err.count("\n") == 1
-    assert "is not available in this version" in err
-    assert f"relay admin {command[0]} {command[1]}" in err
+def enroll(data_env: dict[str, str], user_token: str, name: str) -> str:
+    """Enrol a device with an operator token, straight in the store the admin commands use."""
+
+    async def go() -> str:
+        store = await SqliteStore.open(Path(data_env["RELAY_DATA_DIR"]))
+        try:
+            key = crypto.SigningKey.generate()
+            device = await store.enroll(
+                Enrollment(
+                    token_hash=crypto.hash_token(crypto.b64decode(user_token, crypto.TOKEN_BYTES) or b""),
+                    public_key=key.public_key,
+                    name=name,
+                    name_key=device_name_key(name),
+                    max_devices=20,
+                    now_ms=int(time.time() * 1000),
+                )
+            )
+            return device.device_id
+        finally:
+            await store.close()
+
+    return trio.run(go)
 
 
-@pytest.mark.parametrize("command", NOT_YET, ids=" ".join)
-def test_admin_json_refusal_is_one_object_on_stdout_and_one_line_on_stderr(
-    command: list[str], data_env: dict[str, str]
-) -> None:
-    status, out, err = run(["admin", *command, "--json"], data_env)
-    assert status == 1
-    assert json.loads(out)["error"]["code"] == "not_available"
-    assert err.count("\n") == 1
+def user_with_devices(data_env: dict[str, str], *names: str) -> tuple[str, list[str]]:
+    user = json.loads(run(["admin", "user", "create", "--json"], data_env)[1])
+    devices = [enroll(data_env, user["token"], names[0])] if names else []
+    for name in names[1:]:
+        token = json.loads(
+            run(["admin", "token", "create", "--user", user["user_id"], "--json"], data_env)[1]
+        )
+        devices.append(enroll(data_env, token["token"], name))
+    return user["user_id"], devices
 
 
 def test_deleting_a_user_without_yes_is_refused(data_env: dict[str, str]) -> None:
@@ -135,6 +144,102 @@ def test_an_unknown_user_is_refused_with_one_line(
     assert run(["admin", "user", "list", "--json"], data_env)[1] == '{"users": []}\n'  # nothing created
 
 
+def test_user_show_counts_devices_streams_and_events(data_env: dict[str, str]) -> None:
+    user_id, devices = user_with_devices(data_env, "Phone", "Laptop")
+    assert run(["admin", "device", "revoke", devices[1]], data_env)[0] == 0
+    status, out, err = run(["admin", "user", "show", user_id, "--json"], data_env)
+    assert (status, err) == (0, "")
+    shown = json.loads(out)
+    assert list(shown) == [
+        "user_id",
+        "created_at",
+        "devices",
+        "revoked_devices",
+        "streams",
+        "events",
+        "stored_bytes",
+    ]
+    assert (shown["user_id"], shown["devices"], shown["revoked_devices"]) == (user_id, 1, 1)
+    assert (shown["streams"], shown["events"], shown["stored_bytes"]) == (0, 0, 0)
+    status, out, _ = run(["admin", "user", "show", user_id], data_env)
+    assert out.splitlines()[0] == f"user_id          {user_id}"
+
+
+def test_user_delete_with_yes_deletes_everything_and_says_what(data_env: dict[str, str]) -> None:
+    user_id, devices = user_with_devices(data_env, "Phone", "Laptop")
+    other, _ = user_with_devices(data_env, "Tablet")
+    status, out, err = run(["admin", "user", "delete", user_id, "--yes", "--json"], data_env)
+    assert (status, err) == (0, "")
+    assert json.loads(out) == {"user_id": user_id, "deleted": {"devices": 2, "streams": 0, "events": 0}}
+    assert run(["admin", "user", "show", user_id], data_env)[0] == 1
+    assert run(["admin", "device", "revoke", devices[0]], data_env)[0] == 1
+    listed = json.loads(run(["admin", "user", "list", "--json"], data_env)[1])
+    assert listed == {"users": [{"user_id": other}]}
+    again = run(["admin", "user", "delete", user_id, "--yes"], data_env)
+    assert again == (1, "", f"relay: no user with id {user_id}\n")
+
+
+def test_device_revoke_is_idempotent_and_frees_the_name(data_env: dict[str, str]) -> None:
+    user_id, (phone, laptop) = user_with_devices(data_env, "Phone", "Laptop")
+    status, out, err = run(["admin", "device", "revoke", phone, "--json"], data_env)
+    assert (status, err) == (0, "")
+    revoked = json.loads(out)
+    assert (revoked["device_id"], revoked["user_id"]) == (phone, user_id)
+    status, out, _ = run(["admin", "device", "revoke", phone, "--json"], data_env)
+    assert (status, json.loads(out)) == (0, revoked)  # the first revocation's time, unchanged
+    status, out, _ = run(["admin", "device", "revoke", phone], data_env)
+    assert out.startswith(f"device {phone} was already revoked at ")
+    # Its name is free again: the laptop may take it.
+    status, out, _ = run(["admin", "device", "rename", laptop, "phone", "--json"], data_env)
+    assert (status, json.loads(out)["name"]) == (0, "phone")
+
+
+def test_device_rename_refuses_a_taken_name_an_unknown_device_and_a_bad_name(
+    data_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, (phone, laptop) = user_with_devices(data_env, "Phone", "Laptop")
+    taken = run(["admin", "device", "rename", laptop, "PHONE"], data_env)
+    assert taken == (1, "", "relay: another device of the user is named 'PHONE'\n")
+    status, out, _ = run(["admin", "device", "rename", laptop, "PHONE", "--json"], data_env)
+    assert (status, json.loads(out)["error"]["code"]) == (1, "name_taken")
+    unknown = run(["admin", "device", "rename", USER, "Desk"], data_env)
+    assert unknown == (1, "", f"relay: no device with id {USER} that is not revoked\n")
+    status, out, _ = run(["admin", "device", "rename", laptop, "  Desk  ", "--json"], data_env)
+    assert (status, json.loads(out)["name"]) == (0, "Desk")  # stored trimmed
+    with pytest.raises(SystemExit) as caught:
+        main(["admin", "device", "rename", phone, "bad\u0000name"], environ=data_env)
+    assert caught.value.code == 2
+    assert "is not a device name" in capsys.readouterr().err
+    listed = json.loads(
+        run(["admin", "device", "list", "--user", _user_of(data_env, phone), "--json"], data_env)[1]
+    )
+    assert [d["name"] for d in listed["devices"]] == ["Phone", "Desk"]
+
+
+def _user_of(data_env: dict[str, str], device_id: str) -> str:
+    for user in json.loads(run(["admin", "user", "list", "--json"], data_env)[1])["users"]:
+        listed = json.loads(
+            run(["admin", "device", "list", "--user", user["user_id"], "--json"], data_env)[1]
+        )
+        if any(d["device_id"] == device_id for d in listed["devices"]):
+            return str(user["user_id"])
+    raise AssertionError("no such device")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["user", "show", USER], ["user", "delete", USER, "--yes"], ["device", "revoke", USER]],
+    ids=" ".join,
+)
+def test_an_unknown_id_is_refused_with_one_line_and_a_json_error(
+    command: list[str], data_env: dict[str, str]
+) -> None:
+    status, out, err = run(["admin", *command, "--json"], data_env)
+    assert status == 1
+    assert json.loads(out)["error"]["code"] == "not_found"
+    assert err.count("\n") == 1
+
+
 def test_db_status_then_migrate_then_status(data_env: dict[str, str]) -> None:
     status, out, _ = run(["admin", "db", "status", "--json"], data_env)
     pending = json.loads(out)
@@ -188,6 +293,7 @@ def test_a_postgresql_url_is_refused_rather_than_writing_to_sqlite(data_env: dic
         ["admin", "user", "show", USER.upper()],
         ["admin", "device", "list"],
         ["admin", "device", "rename", USER],
+        ["admin", "device", "rename", USER, "   "],
         ["admin", "token", "create"],
         ["admin", "db", "drop"],
         ["serve", "--port", "http"],

@@ -22,11 +22,12 @@ from pathlib import Path
 import attrs
 
 from relay.errors import StoreUnavailable
+from relay.store.schema_files import migrations_dir
 
 __all__ = ["DEFAULT_MIGRATIONS_DIR", "Migration", "applied_migrations", "apply_migrations", "load_migrations"]
 
-#: The migrations shipped with relay (``schema/sqlite`` at the root of the source tree).
-DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "schema" / "sqlite"
+#: The migrations shipped with relay (``schema/sqlite``: see :mod:`relay.store.schema_files`).
+DEFAULT_MIGRATIONS_DIR = migrations_dir("sqlite")
 
 _FILE_NAME = re.compile(r"(?P<number>[0-9]{3})-[a-z0-9][a-z0-9-]*\.sql")
 

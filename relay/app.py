@@ -8,7 +8,7 @@
 2. load the server's secrets, creating them on the first start;
 3. build the gateway and install its ASGI wrapper in front of Quart (``app.asgi_app``), so that the
    WebSocket scope of ``/v1/ws`` is served raw, without Quart's per-message machinery;
-4. start the bus, the gateway (its ``heads`` ticker) and the purge of expired events, in one cancel
+4. start the bus, the gateway (its ``heads`` ticker) and the purge of expired rows, in one cancel
    scope of the app's nursery.
 
 A store that cannot be reached stops the start-up with :class:`StartupFailed` (one line for the
@@ -21,6 +21,7 @@ is :mod:`relay.serving`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -33,7 +34,8 @@ from relay.clock import Clock, SystemClock
 from relay.config import Settings
 from relay.errors import StoreUnavailable
 from relay.gateway import Gateway
-from relay.http import enroll, server
+from relay.http import devices, enroll, pairings, server, user
+from relay.http.cors import install_cors
 from relay.http.errors import install_error_handling
 from relay.http.runtime import EXTENSION, Runtime
 from relay.store.base import Store
@@ -94,8 +96,9 @@ def create_app(
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions[EXTENSION] = runtime
     install_error_handling(app, settings)
-    app.register_blueprint(server.blueprint)
-    app.register_blueprint(enroll.blueprint)
+    install_cors(app, settings)
+    for module in (server, enroll, pairings, devices, user):
+        app.register_blueprint(module.blueprint)
     app.services = Services(app=app, runtime=runtime)
     return app
 
@@ -233,29 +236,54 @@ async def purge_expired_events(
     batch: int = PURGE_BATCH,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Every ``interval_s``, delete expired events in transactions of ``batch``, until none is left.
+    """Every ``interval_s``, delete expired events, then housekeeping rows, in transactions of ``batch``.
 
-    Runs until cancelled. A store that is unavailable (or any other failure, logged) is tried again at
-    the next interval; heads never decrease (the store keeps them).
+    Housekeeping (:meth:`Store.purge_housekeeping`) forgets expired nonces, expired memories of deleted
+    devices, old revocation log entries and long-expired tokens. Each is repeated while a transaction
+    deleted a whole ``batch``. Runs until cancelled. A store that is unavailable (or any other failure,
+    logged) is tried again at the next interval, and a failing event purge does not keep the
+    housekeeping from running; heads never decrease (the store keeps them).
     """
     task_status.started()
     while True:
         await trio.sleep(interval_s)
-        total = 0
-        try:
-            while True:
-                deleted = await store.purge_expired(
-                    now_ms=clock.now_ms(), clock_skew_ms=settings.clock_skew_ms, batch=batch
-                )
-                total += deleted
-                if deleted < batch:
-                    break
-                await trio.lowlevel.checkpoint()  # let other work in between batches
-        except StoreUnavailable as exc:
-            log.warning("purge of expired events postponed: %s", exc.detail or exc.message)
-        except Exception:
-            # A bug here must not stop the server: expired events are never served anyway (every
-            # read filters them), they only take room until a later purge succeeds.
-            log.exception("purge of expired events failed; trying again in %s s", interval_s)
-        if total:
-            log.info("purged %d expired events", total)
+        events = await _purge_in_batches(
+            "expired events",
+            lambda: store.purge_expired(
+                now_ms=clock.now_ms(), clock_skew_ms=settings.clock_skew_ms, batch=batch
+            ),
+            batch=batch,
+            interval_s=interval_s,
+        )
+        if events:
+            log.info("purged %d expired events", events)
+        rows = await _purge_in_batches(
+            "housekeeping rows",
+            lambda: store.purge_housekeeping(now_ms=clock.now_ms(), batch=batch),
+            batch=batch,
+            interval_s=interval_s,
+        )
+        if rows:
+            log.debug("forgot %d housekeeping rows (nonces, deleted devices, log entries, tokens)", rows)
+
+
+async def _purge_in_batches(
+    what: str, purge: Callable[[], Awaitable[int]], *, batch: int, interval_s: float
+) -> int:
+    """Call ``purge`` while it deletes a whole ``batch``; how many rows went. Failures are logged only."""
+    total = 0
+    try:
+        while True:
+            deleted = await purge()
+            total += deleted
+            if deleted < batch:
+                break
+            await trio.lowlevel.checkpoint()  # let other work in between batches
+    except StoreUnavailable as exc:
+        log.warning("purge of %s postponed: %s", what, exc.detail or exc.message)
+    except Exception:
+        # A bug here must not stop the server: expired events are never served anyway (every read
+        # filters them), expired nonces and memories are never trusted; they only take room until a
+        # later purge succeeds.
+        log.exception("purge of %s failed; trying again in %s s", what, interval_s)
+    return total

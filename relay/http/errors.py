@@ -36,6 +36,7 @@ from relay.errors import (
     error_payload,
 )
 from relay.protocol.codec import MAX_PATH_CHARS
+from relay.protocol.signed_requests import AUTH_SCHEME
 from relay.protocol.syntax import is_request_id
 
 __all__ = [
@@ -44,14 +45,13 @@ __all__ = [
     "install_error_handling",
     "json_response",
     "member_path",
+    "no_content",
     "request_id",
 ]
 
 log = logging.getLogger("relay.http")
 
 REQUEST_ID_HEADER = "X-Request-ID"
-#: The authentication scheme of signed requests, named on every ``401 unauthorized`` (§3).
-AUTH_SCHEME = "Relay-Ed25519"
 
 _MEMBER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "'": "\\'", "\\": "\\\\"}
@@ -80,6 +80,13 @@ def json_response(
     response = Response(orjson.dumps(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
+    return response
+
+
+def no_content() -> Response:
+    """An empty ``204`` answer, without a ``Content-Type``."""
+    response = Response(b"", status=204)
+    del response.headers["Content-Type"]
     return response
 
 

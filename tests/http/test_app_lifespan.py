@@ -28,6 +28,10 @@ class RecordingStore(MemoryStore):
     expired_backlog: int = 0
     purge_failures: int = 0
     purge_bugs: int = 0
+    housekeeping: list[tuple[int, int]] = attrs.field(factory=list)
+    housekeeping_backlog: int = 0
+    housekeeping_failures: int = 0
+    order: list[str] = attrs.field(factory=list)
 
     async def migrate(self) -> list[str]:
         self.calls.append("migrate")
@@ -50,8 +54,20 @@ class RecordingStore(MemoryStore):
         if self.purge_bugs:
             self.purge_bugs -= 1
             raise RuntimeError("a bug in the purge")
+        self.order.append("events")
         deleted = min(batch, self.expired_backlog)
         self.expired_backlog -= deleted
+        return deleted
+
+    async def purge_housekeeping(self, *, now_ms: int, batch: int) -> int:
+        await trio.lowlevel.checkpoint()
+        self.housekeeping.append((now_ms, batch))
+        if self.housekeeping_failures:
+            self.housekeeping_failures -= 1
+            raise StoreUnavailable(detail="database is locked")
+        self.order.append("housekeeping")
+        deleted = min(batch, self.housekeeping_backlog)
+        self.housekeeping_backlog -= deleted
         return deleted
 
 
@@ -97,4 +113,51 @@ async def test_a_purge_that_fails_tries_again_next_minute(autojump_clock: MockCl
         await trio.sleep(60)
         await trio.testing.wait_all_tasks_blocked()
         assert (len(store.purges), store.expired_backlog) == (2, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_after_the_events_the_purge_forgets_housekeeping_rows_in_batches_every_minute(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    store = RecordingStore(expired_backlog=PURGE_BATCH + 1, housekeeping_backlog=2 * PURGE_BATCH)
+    async with open_relay(Settings(data_dir=tmp_path), store) as relay:
+        start = relay.clock.now_ms()
+        await trio.sleep(PURGE_INTERVAL_S)
+        await trio.testing.wait_all_tasks_blocked()
+        first_minute = (list(store.order), list(store.housekeeping))
+        await trio.sleep(PURGE_INTERVAL_S)
+        await trio.testing.wait_all_tasks_blocked()
+    at = start + PURGE_INTERVAL_S * 1000
+    # a whole batch means "call again": 2 batches of events, then 3 calls to drain 2 whole batches
+    assert first_minute == (["events"] * 2 + ["housekeeping"] * 3, [(at, PURGE_BATCH)] * 3)
+    assert store.housekeeping[3:] == [(at + PURGE_INTERVAL_S * 1000, PURGE_BATCH)]
+    assert store.housekeeping_backlog == 0
+
+
+async def test_a_failing_event_purge_does_not_keep_the_housekeeping_from_running(
+    autojump_clock: MockClock,
+) -> None:
+    store = RecordingStore(purge_failures=1, housekeeping_backlog=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(purge_expired_events, store, TrioClock.starting_at(0), Settings()))
+        await trio.sleep(60)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (len(store.purges), store.housekeeping, store.housekeeping_backlog) == (
+            1,
+            [(60_000, PURGE_BATCH)],
+            0,
+        )
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_housekeeping_is_tried_again_next_minute(autojump_clock: MockClock) -> None:
+    store = RecordingStore(housekeeping_failures=1, housekeeping_backlog=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(purge_expired_events, store, TrioClock.starting_at(0), Settings()))
+        await trio.sleep(60)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (len(store.housekeeping), store.housekeeping_backlog) == (1, 5)
+        await trio.sleep(60)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (len(store.housekeeping), store.housekeeping_backlog) == (2, 0)
         nursery.cancel_scope.cancel()

@@ -2,7 +2,8 @@
 
 :class:`Gateway` serves ``/v1/ws`` at the ASGI level. Modules, one job each:
 
-- :mod:`~relay.gateway.gateway`: the gateway (ASGI entry, ``heads`` ticker, graceful shutdown);
+- :mod:`~relay.gateway.gateway`: the gateway (ASGI entry, ``heads`` ticker, revocation watcher,
+  graceful shutdown);
 - :mod:`~relay.gateway.asgi`: the raw ASGI WebSocket protocol and the ``/v1/ws`` router;
 - :mod:`~relay.gateway.session`: one session: its nursery, delivery, and how it closes;
 - :mod:`~relay.gateway.work`: what a session runs: the handshake, then its tasks;
@@ -10,6 +11,8 @@
   :mod:`~relay.gateway.pager`, :mod:`~relay.gateway.watchdog`: those tasks;
 - :mod:`~relay.gateway.inbound`: incoming frames, checked before they are parsed;
 - :mod:`~relay.gateway.outbox`: the bounded outgoing queue and the writer;
+- :mod:`~relay.gateway.revocations`: the node's revocation watcher (the store's revocation log);
+- :mod:`~relay.gateway.revocation_index`: live sessions by revocation subject, and the handshake race;
 - :mod:`~relay.gateway.fitting`: keeping frames within ``max_frame_bytes``;
 - :mod:`~relay.gateway.context`: the dependencies sessions share, and the admission seam.
 """

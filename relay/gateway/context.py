@@ -1,4 +1,5 @@
-"""What every session of a gateway shares: settings, store, bus, clock, keys, and policy seams."""
+"""What every session of a gateway shares: settings, store, bus, clock, keys, the revocation index, and
+policy seams."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from relay.clock import Clock
 from relay.config import Settings
 from relay.crypto import SigningKey
 from relay.errors import InternalError, RelayError
+from relay.gateway.revocation_index import RevocationIndex
 from relay.protocol.codec import AnswerContext, encode_error
 from relay.protocol.messages import Limits
 from relay.store.base import Store
@@ -53,6 +55,8 @@ class GatewayContext:
     token_secret: bytes = attrs.field(repr=False)
     admission: Admission
     limits: Limits
+    #: The node's live sessions by revocation subject (the handshake registers, the watcher matches).
+    revocations: RevocationIndex
 
     def error_frame(self, exc: BaseException, ctx: AnswerContext | None = None) -> str:
         """The ``error`` frame for ``exc``; an unexpected exception is logged under a fresh request id.

@@ -1,9 +1,10 @@
 """The gateway: serves ``/v1/ws`` at the ASGI level, one :class:`Session` per connection.
 
 ``app.py`` builds one :class:`Gateway`, puts :meth:`Gateway.wrap_asgi` in front of Quart's ASGI app,
-starts :meth:`Gateway.run` (the ``heads`` ticker) in its service nursery, and calls
-:meth:`Gateway.shutdown` when the server is asked to stop. Each connection's session runs in the task
-Hypercorn gives the connection (:meth:`Gateway.handle`); one session's failure never reaches another.
+starts :meth:`Gateway.run` (the node's background work: the ``heads`` ticker and the revocation
+watcher, :mod:`relay.gateway.revocations`) in its service nursery, and calls :meth:`Gateway.shutdown`
+when the server is asked to stop. Each connection's session runs in the task Hypercorn gives the
+connection (:meth:`Gateway.handle`); one session's failure never reaches another.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from relay.crypto import SigningKey
 from relay.errors import BadRequest, GoingAway
 from relay.gateway.asgi import AsgiApp, AsgiWebSocket, Receive, Scope, Send, route_websocket
 from relay.gateway.context import Admission, AdmitAll, GatewayContext
+from relay.gateway.revocation_index import RevocationIndex
+from relay.gateway.revocations import RevocationWatcher
 from relay.gateway.session import Session
 from relay.gateway.work import run_work
 from relay.protocol.paths import bad_request
@@ -47,6 +50,7 @@ class Gateway:
         token_secret: bytes,
         admission: Admission | None = None,
     ) -> None:
+        revocations = RevocationIndex()
         self._ctx = GatewayContext(
             settings=settings,
             store=store,
@@ -56,7 +60,9 @@ class Gateway:
             token_secret=token_secret,
             admission=admission if admission is not None else AdmitAll(),
             limits=settings.limits,
+            revocations=revocations,
         )
+        self._watcher = RevocationWatcher(store=store, clock=clock, index=revocations)
         #: Live sessions, in the order they connected (a dict: ordered, unlike a set).
         self._sessions: dict[Session, None] = {}
         self._draining = False
@@ -97,8 +103,20 @@ class Gateway:
             self._session_ended.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The node's background work, until cancelled: the ``heads`` ticker and the revocation watcher.
+
+        Both run as tasks of one nursery; ``started`` is reported once both run (the watcher has then
+        taken its position in the revocation log, or tried to: see
+        :meth:`relay.gateway.revocations.RevocationWatcher.run`). Neither ends by itself.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._tick_heads)
+            await nursery.start(self._watcher.run)
+            task_status.started()
+
+    async def _tick_heads(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The ``heads`` ticker (§4.3): every ``heartbeat_ms``, each session hears of the heads that
-        changed since its last ``heads`` or ``welcome``. Runs until cancelled."""
+        changed since its last ``heads`` or ``welcome``."""
         interval = self._ctx.settings.heartbeat_ms / 1000
         task_status.started()
         while True:

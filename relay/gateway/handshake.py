@@ -1,10 +1,17 @@
 """The handshake of one session (PROTOCOL.md §4.1), driving :class:`relay.protocol.handshake.ServerHandshake`.
 
-``hello`` → ``challenge`` → ``auth`` → device lookup → join the bus → read heads and who is online →
-``welcome``. The caller runs it under the handshake deadline; every refusal raises the error that
-closes the session (``exc.close_code_for(in_handshake=True)``). The session joins live delivery and
-presence *before* the welcome's heads and online devices are read, so nothing committed in between is
-missed: what arrives meanwhile is held and sent right after the welcome.
+``hello`` → ``challenge`` → ``auth`` → device lookup → register for revocations → join the bus →
+read heads and who is online → ``welcome``. The caller runs it under the handshake deadline; every
+refusal raises the error that closes the session (``exc.close_code_for(in_handshake=True)``). The
+session joins live delivery and presence *before* the welcome's heads and online devices are read, so
+nothing committed in between is missed: what arrives meanwhile is held and sent right after the welcome.
+
+The device lookup passes the server's ``now_ms``, so a deleted account's device whose memory expired
+answers as unknown (``unauthorized``). Right after it the session's two revocation subjects are hashed,
+once, and the session joins the node's :class:`~relay.gateway.revocation_index.RevocationIndex`; if
+the revocation watcher applied log entries while the lookup ran, the device is looked up once more
+(see "The handshake race" in :mod:`relay.gateway.revocation_index`), so a revocation that commits
+during a handshake closes the session as surely as one that commits after it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import attrs
 
 from relay.errors import ProtocolError
 from relay.gateway.fitting import fit_heads, frame_bytes
+from relay.gateway.revocation_index import RevocationSubjects, revocation_error
 from relay.gateway.session import Session
 from relay.protocol import handshake as hs
 from relay.protocol.codec import encode_server, structure_client
@@ -47,6 +55,19 @@ def _lookup(found: store.DeviceLookup) -> hs.DeviceLookup:
     return hs.UnknownDevice()
 
 
+async def _watch_revocations(session: Session, identity: hs.Authenticated, mark: int) -> None:
+    """Register the authenticated ``session`` for revocations; raises if its device was revoked (or
+    its account deleted) by an entry the watcher applied since ``mark``, before the registration."""
+    ctx = session.ctx
+    subjects = RevocationSubjects.of(ctx.token_secret, user_id=identity.user_id, device_id=identity.device_id)
+    ctx.revocations.add(session, subjects)
+    if ctx.revocations.moved_since(mark):
+        again = await ctx.store.lookup_device(identity.device_id, now_ms=ctx.clock.now_ms())
+        error = revocation_error(again, identity.user_id)
+        if error is not None:
+            raise error
+
+
 async def run_handshake(session: Session) -> None:
     """Authenticate the peer, join the bus and queue ``welcome``; raises the error that closes."""
     ctx = session.ctx
@@ -58,13 +79,15 @@ async def run_handshake(session: Session) -> None:
 
     auth = _expect(await session.receive_object(), Auth.TYPE)
     device_id = machine.receive_auth(auth)
-    found = await ctx.store.lookup_device(device_id)
-    session.identity = machine.complete(_lookup(found))
+    mark = ctx.revocations.mark()
+    found = await ctx.store.lookup_device(device_id, now_ms=ctx.clock.now_ms())
+    session.identity = identity = machine.complete(_lookup(found))
+    await _watch_revocations(session, identity, mark)
 
     # Join live delivery and presence first, then read: nothing committed in between is missed.
     session.subscribed = True  # set first: leaving is idempotent, and a cancelled join must be undone
     await ctx.bus.subscribe(session, at=ctx.clock.now_ms())
-    user_id = session.identity.user_id
+    user_id = identity.user_id
     now = ctx.clock.now_ms()
     streams, truncated = await ctx.store.recent_streams(
         user_id, limit=WELCOME_STREAMS, now_ms=now, clock_skew_ms=ctx.settings.clock_skew_ms

@@ -5,6 +5,10 @@ into the outbox (waiting for room). At most ``max_replays`` requests may be outs
 being served); one more is refused with ``busy``. Listing requests count too: they are served by the
 same task from the same store.
 
+A request of a session the node knows to be revoked (:attr:`Session.revocation`) is not served: it
+closes the session with that error before the store is read, and a page read while the revocation
+arrived is not sent.
+
 A replay's ``head`` is fixed when it begins and travels in its continuation token, so events committed
 during a replay belong to live delivery, not to the pages. A page holds at most ``limit`` events and
 ends early when the next one would not fit in ``max_frame_bytes``; ``next`` is null exactly when the
@@ -94,6 +98,8 @@ class Pager:
 
     async def _serve(self, job: Job) -> None:
         ctx = job.ctx
+        if self._revoked(ctx):
+            return
         try:
             if isinstance(job, ListJob):
                 frame = await self._list(job)
@@ -118,7 +124,15 @@ class Pager:
         except RequestError as exc:
             await self.session.answer_error(exc, ctx)
         else:
-            await self.session.answer(frame)
+            if not self._revoked(ctx):
+                await self.session.answer(frame)
+
+    def _revoked(self, ctx: AnswerContext) -> bool:
+        """Whether the session is known revoked; then it is closed with that error (and nothing served)."""
+        revocation = self.session.revocation
+        if revocation is not None:
+            self.session.close(revocation, ctx=ctx)
+        return revocation is not None
 
     def _store(self) -> Store:
         return self.session.ctx.store

@@ -10,6 +10,12 @@ The commit and the hand-over to the bus are shielded from cancellation (and boun
 has the event, a session that dies meanwhile does not keep the user's other sessions from hearing of
 it. That is also why the ack is queued after the hand-over; it still leaves only after the commit.
 
+Revocation: a publish of a session the node knows to be revoked (:attr:`Session.revocation`, set by
+the bus or the revocation watcher) is refused with that error, which closes the session, before
+anything reaches the store. The store's check in the committing transaction is the last line: an
+append that commits after the revocation does not exist (it fails with ``device_revoked``), so an
+``ack`` always stands for an event committed before the revocation.
+
 At most ``max_inflight`` publishes are between the reader and their answer: the reader takes a slot of
 :class:`InflightSlots` before reading each frame and stops reading while none is free; the slot of a
 publish comes back here once its answer is queued.
@@ -63,6 +69,9 @@ async def run_publisher(
 
 async def _publish_one(session: Session, obj: dict[str, JsonValue]) -> None:
     ctx = answer_context(obj)
+    if session.revocation is not None:  # known revoked: nothing of it goes to the store again
+        session.close(session.revocation, ctx=ctx)
+        return
     now = session.ctx.clock.now_ms()  # the publish's "server now": its checks, and its received_at
     try:
         accepted = _accept(session, obj, now)

@@ -16,6 +16,14 @@ the error, and the writer sends its ``error`` frame and closes with its code, th
 reason (§4.6). ``close(None)`` is for a peer that went away: nothing more is sent. An exception that
 escapes a task ends the session the same way: a :class:`~relay.errors.RelayError` as itself, anything
 else as ``internal`` (1011), logged with a request id (:meth:`GatewayContext.error_frame`).
+
+Revocation (§5) reaches a session through :meth:`Session.revoke`, called by the bus
+(:meth:`Session.end` with ``device_revoked`` or ``account_deleted``) or by the node's revocation
+watcher (:mod:`relay.gateway.revocations`), which finds the session in the
+:class:`~relay.gateway.revocation_index.RevocationIndex` the handshake registered it in.
+:attr:`Session.revocation` keeps the error: the publisher and the pager check it before touching
+the store (no database round trip per message), and the store's own check in the committing
+transaction stays the last line. The session leaves the index when it ends.
 """
 
 from __future__ import annotations
@@ -27,12 +35,13 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from relay.errors import InternalError, RelayError, SessionError, SlowConsumer
+from relay.errors import AccountDeleted, DeviceRevoked, InternalError, RelayError, SessionError, SlowConsumer
 from relay.gateway.asgi import AsgiWebSocket
 from relay.gateway.context import GatewayContext
 from relay.gateway.fitting import heads_frames
 from relay.gateway.inbound import PeerGone, receive_object
 from relay.gateway.outbox import Closing, Outbox
+from relay.gateway.revocation_index import Revocation
 from relay.protocol.codec import AnswerContext
 from relay.protocol.handshake import Authenticated
 from relay.protocol.messages import JsonValue
@@ -70,6 +79,8 @@ class Session:
     #: True while the reader does not read on purpose (back-pressure, shutdown): no heartbeat loss then.
     reading_paused: bool = attrs.field(default=False, init=False)
     subscribed: bool = attrs.field(default=False, init=False)
+    #: Why the device may no longer be served (revoked, account deleted), once the node knows.
+    revocation: Revocation | None = attrs.field(default=None, init=False)
     _request: _CloseRequest | None = attrs.field(default=None, init=False)
     _closing: Closing | None = attrs.field(default=None, init=False)
     _refusal: RelayError | None = attrs.field(default=None, init=False)
@@ -129,6 +140,19 @@ class Session:
 
     def end(self, error: SessionError) -> None:
         """The bus ends this session (replaced, revoked, account deleted, bus lost)."""
+        if isinstance(error, DeviceRevoked | AccountDeleted):
+            self.revoke(error)
+        else:
+            self.close(error)
+
+    def revoke(self, error: Revocation) -> None:
+        """The device was revoked or its account deleted (the bus or the revocation watcher says so).
+
+        Remembers ``error`` in :attr:`revocation` (the first one wins), so that no message path of this
+        session reaches the store again, and closes with it (1008). Returns at once, never raises.
+        """
+        if self.revocation is None:
+            self.revocation = error
         self.close(error)
 
     def note_head(self, stream: str, seq: int) -> None:
@@ -189,15 +213,21 @@ class Session:
         """End the session with ``error`` (``None``: the peer is gone). The first request wins.
 
         ``graceful`` (shutdown) stops reading, lets accepted publishes commit and their acks go out,
-        then closes; a later non-graceful request cuts that short. Returns at once.
+        then closes; a later non-graceful request cuts that short (and a revocation then closes with
+        its own error, so the device learns it must not reconnect). Returns at once.
         """
         graceful = graceful and self.welcomed
         if self._request is not None:
             if error is None:  # the peer went away meanwhile: stop sending whatever was planned
                 self.work_scope.cancel()
                 self.outbox.finish(Closing())
-            elif self._request.graceful and not graceful:  # a drain cut short
-                self._request = attrs.evolve(self._request, graceful=False)
+            elif self._request.graceful and not graceful:  # a drain cut short (a revocation says so)
+                revoked = isinstance(error, DeviceRevoked | AccountDeleted)
+                self._request = (
+                    _CloseRequest(error, ctx, False)
+                    if revoked
+                    else attrs.evolve(self._request, graceful=False)
+                )
                 self.work_scope.cancel()
                 self.outbox.finish(self._final())
             return
@@ -259,7 +289,9 @@ class Session:
             self.close(InternalError(detail="the session's tasks ended without a reason"))
 
     async def _leave(self) -> None:
-        """Leave the bus (presence) and record ``last_seen_at``; bounded, and done even when cancelled."""
+        """Leave the revocation index and the bus (presence), and record ``last_seen_at``; bounded, and
+        done even when cancelled."""
+        self.ctx.revocations.discard(self)
         with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT_S):
             now = self.ctx.clock.now_ms()
             if self.subscribed:

@@ -9,7 +9,6 @@ import pytest
 import trio
 from gateway_harness import NOW, Relay, RelayFactory
 
-from relay import crypto
 from relay.bus.local import LocalBus
 from relay.clock import TrioClock
 from relay.config import Settings
@@ -47,7 +46,7 @@ def make_relay(nursery: trio.Nursery) -> RelayFactory:
             bus=bus,
             clock=clock,
             server_key=server_key,
-            token_secret=crypto.new_secret(),
+            token_secret=base.secrets.token_secret,
             admission=admission,
         )
         return Relay(

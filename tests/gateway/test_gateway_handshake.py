@@ -13,7 +13,6 @@ from relay import crypto
 from relay.errors import StoreUnavailable
 from relay.protocol.codec import converter
 from relay.protocol.messages import Limits
-from relay.store.base import DeletedDevice
 from relay.store.memory import MemoryStore
 
 
@@ -115,20 +114,23 @@ async def test_a_revoked_device_with_a_valid_signature_is_told_so_and_closed_100
 
 
 async def test_a_device_of_a_deleted_account_is_told_so_at_auth_and_closed_1008(
-    make_relay: RelayFactory, autojump_clock: MockClock
+    relay: Relay, autojump_clock: MockClock
 ) -> None:
-    memory = MemoryStore()
-    store = FaultyStore(memory)
-    relay = await make_relay(store=store, memory=memory)
     device = await relay.device(await relay.user())
-
-    async def deleted(device_id: str) -> DeletedDevice:
-        await trio.lowlevel.checkpoint()
-        return DeletedDevice()
-
-    store.lookup_device = deleted  # type: ignore[method-assign]
+    await relay.memory.delete_user(device.user_id, now_ms=relay.now(), remember_ms=60_000)
     client = await relay.open()
     await expect_refused_handshake(client, device, "account_deleted", 1008)
+
+
+async def test_a_deleted_device_whose_memory_expired_is_unknown_and_unauthorized(
+    relay: Relay, autojump_clock: MockClock
+) -> None:
+    device = await relay.device(await relay.user())
+    await relay.memory.delete_user(device.user_id, now_ms=relay.now(), remember_ms=60_000)
+    await trio.sleep(60)  # the memory counts up to its expiry, bounds included
+    await expect_refused_handshake(await relay.open(), device, "account_deleted", 1008)
+    await trio.sleep(0.001)
+    await expect_refused_handshake(await relay.open(), device, "unauthorized", 1008)
 
 
 async def expect_refused_handshake(client: Client, device: Device, code: str, close: int) -> None:

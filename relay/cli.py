@@ -33,6 +33,23 @@ EXIT_USAGE = 2
 log = logging.getLogger("relay")
 
 
+#: Options whose values are base64url (tokens, keys, pairing URIs): such a value may begin with ``-``,
+#: which argparse would take for an option, so ``--token -x...`` is read as ``--token=-x...``.
+_B64_VALUED = frozenset({"--token", "--uri", "--public-key", "--server-key"})
+
+
+def _joined_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    items = iter(argv)
+    for arg in items:
+        if arg in _B64_VALUED:
+            value = next(items, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def _uuid(text: str) -> str:
     if not is_uuid(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a lowercase UUID")
@@ -223,7 +240,7 @@ def main(
     """Run the ``relay`` command; return its exit status. Reads ``os.environ`` unless given ``environ``."""
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined_values(sys.argv[1:] if argv is None else argv))
     if args.command == "device":  # a client: it reads no server configuration
         from relay.client.cli import run_device
 

@@ -49,6 +49,8 @@ async def populate_and_back_up(data_dir: Path, target: Path) -> tuple[str, objec
                 laptop.device_id, now_ms=server.app.services.runtime.clock.now_ms()
             )
 
+            await a.publish("busy", "before the backup")
+
             async def keep_publishing() -> None:
                 n = 0
                 while True:

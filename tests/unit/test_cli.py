@@ -353,3 +353,24 @@ def test_python_dash_m_relay_is_the_relay_command(
         runpy.run_module("relay", run_name="__main__", alter_sys=True)
     assert caught.value.code == 0
     assert capsys.readouterr().out.startswith("relay 0.")
+
+
+@pytest.mark.parametrize("option", ["--token", "--server-key"])
+def test_a_base64url_value_that_begins_with_a_dash_is_a_value_not_an_option(option: str) -> None:
+    value = "-" + "A" * 42
+    args = build_parser().parse_args(
+        main.__globals__["_joined_values"](
+            [
+                "device",
+                "enroll",
+                "--url",
+                "http://h",
+                option,
+                value,
+                "--name",
+                "n",
+                *(["--token", "t"] if option != "--token" else []),
+            ]
+        )
+    )
+    assert getattr(args, option.removeprefix("--").replace("-", "_")) == value

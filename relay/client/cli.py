@@ -5,6 +5,7 @@
     relay device enroll --url URL --token TOKEN --name NAME      first device (operator's token)
     relay device enroll --uri 'relay:pair?...' --name NAME        any other (a pairing URI, §2)
     relay device publish STREAM [BODY] [--id ID] [--ttl S] [--expect-seq N]
+    relay device publish STREAM --lines < events.jsonl           one event per line
     relay device tail [STREAM ...] [--from-start] [--count N] [--notices]
     relay device pair [--public-key KEY]                         a pairing URI for another device
     relay device list [--revoked]                                the user's devices
@@ -118,6 +119,9 @@ def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     publish.add_argument("--id", type=_event_id, help="the event id (default: 128 random bits)")
     publish.add_argument("--ttl", type=_count, metavar="SECONDS")
     publish.add_argument("--expect-seq", type=_natural, metavar="N")
+    publish.add_argument(
+        "--lines", action="store_true", help="publish one event per line of stdin (JSON text each)"
+    )
 
     tail = actions.add_parser(
         "tail", parents=[file_flag], help="print events as they arrive", description="Print events."
@@ -162,8 +166,8 @@ def run_device(args: argparse.Namespace, *, stdin: TextIO, stdout: TextIO, stder
             trio.run(_enroll, args, stdout)
         elif args.device_command == "publish":
             creds = DeviceCredentials.load(args.device_file)
-            body = _read_body(args.body, stdin)
-            trio.run(_publish, args, creds, body, stdout)
+            bodies = _read_lines(args, stdin) if args.lines else [_read_body(args.body, stdin)]
+            trio.run(_publish, args, creds, bodies, stdout)
         elif args.device_command == "tail":
             trio.run(_tail, args, DeviceCredentials.load(args.device_file), stdout)
         else:
@@ -193,6 +197,19 @@ def _read_body(text: str, stdin: TextIO) -> messages.JsonValue:
     return body
 
 
+def _read_lines(args: argparse.Namespace, stdin: TextIO) -> list[messages.JsonValue]:
+    if args.body != "-" or args.id is not None or args.expect_seq is not None:
+        raise ClientError("--lines reads every body from stdin: give no BODY, --id or --expect-seq")
+    bodies: list[messages.JsonValue] = []
+    for number, line in enumerate(stdin, start=1):
+        if line.strip():
+            try:
+                bodies.append(json.loads(line))
+            except ValueError:
+                raise ClientError(f"line {number} of stdin is not JSON text") from None
+    return bodies
+
+
 async def _enroll(args: argparse.Namespace, stdout: TextIO) -> None:
     if args.uri is not None:
         if args.token is not None or args.server_key is not None:
@@ -220,17 +237,17 @@ async def _enroll(args: argparse.Namespace, stdout: TextIO) -> None:
 
 
 async def _publish(
-    args: argparse.Namespace, creds: DeviceCredentials, body: messages.JsonValue, stdout: TextIO
+    args: argparse.Namespace, creds: DeviceCredentials, bodies: list[messages.JsonValue], stdout: TextIO
 ) -> None:
+    """Publish ``bodies`` in order, each acked before the next is sent; print one ack line each."""
     async with open_client(creds, receive=False, fail_fast=True) as client:
         await client.wait_connected()
-        with trio.fail_after(PUBLISH_TIMEOUT_S):
-            ack = await client.publish(
-                args.stream, body, id=args.id, ttl=args.ttl, expect_seq=args.expect_seq
-            )
-    print(
-        json.dumps(
-            {
+        for body in bodies:
+            with trio.fail_after(PUBLISH_TIMEOUT_S):
+                ack = await client.publish(
+                    args.stream, body, id=args.id, ttl=args.ttl, expect_seq=args.expect_seq
+                )
+            line = {
                 "stream": ack.stream,
                 "seq": ack.seq,
                 "id": ack.id,
@@ -238,10 +255,7 @@ async def _publish(
                 "expires_at": ack.expires_at,
                 "duplicate": ack.duplicate,
             }
-        ),
-        file=stdout,
-        flush=True,
-    )
+            print(json.dumps(line), file=stdout, flush=True)
 
 
 def _event_line(event: messages.StoredEvent) -> str:

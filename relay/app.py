@@ -34,10 +34,13 @@ from relay.clock import Clock, SystemClock
 from relay.config import Settings
 from relay.errors import StoreUnavailable
 from relay.gateway import Gateway
-from relay.http import devices, enroll, pairings, server, user
+from relay.http import devices, enroll, health, pairings, server, user
 from relay.http.cors import install_cors
 from relay.http.errors import install_error_handling
+from relay.http.observe import install_observation
 from relay.http.runtime import EXTENSION, Runtime
+from relay.ops.breaker import BreakerState, CircuitBreaker, guard
+from relay.ops.readiness import Readiness
 from relay.store.base import Store
 
 __all__ = [
@@ -57,6 +60,10 @@ log = logging.getLogger("relay")
 PURGE_INTERVAL_S = 60
 #: Events deleted per purge transaction: short transactions, so publishes never wait long behind one.
 PURGE_BATCH = 1000
+#: Store methods left outside the circuit breaker: closing must always happen.
+STORE_UNGUARDED = frozenset({"close"})
+#: Bus methods left outside it: the background task, and leaving (presence must always be withdrawn).
+BUS_UNGUARDED = frozenset({"run", "unsubscribe"})
 
 
 class StartupFailed(Exception):
@@ -96,8 +103,9 @@ def create_app(
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions[EXTENSION] = runtime
     install_error_handling(app, settings)
+    install_observation(app, runtime.metrics)
     install_cors(app, settings)
-    for module in (server, enroll, pairings, devices, user):
+    for module in (server, health, enroll, pairings, devices, user):
         app.register_blueprint(module.blueprint)
     app.services = Services(app=app, runtime=runtime)
     return app
@@ -169,12 +177,35 @@ class Services:
             raise StartupFailed(f"the database is unavailable: {exc.detail or exc.message}") from exc
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        self._install_breakers()
         gateway = self._build_gateway()
         self._plain_asgi = self.app.asgi_app
         self.app.asgi_app = gateway.wrap_asgi(self._plain_asgi)  # type: ignore[method-assign,assignment]
         self.gateway = gateway
+        runtime.readiness = Readiness(store=runtime.store, bus=runtime.bus, draining=lambda: gateway.draining)
         await self.app.nursery.start(self._run, gateway)
         self.started = True
+
+    def _install_breakers(self) -> None:
+        """Put the store and the bus behind circuit breakers (:mod:`relay.ops.breaker`), reported in
+        ``relay_breaker_state`` and ``relay_{store,bus}_errors_total``."""
+        runtime = self.runtime
+        metrics = runtime.metrics
+
+        def changed(name: str, state: BreakerState) -> None:
+            metrics.breaker_state.labels(name).set(int(state))
+            if state is BreakerState.OPEN:
+                log.warning("the %s circuit is open: calls are refused until it answers again", name)
+            elif state is BreakerState.CLOSED:
+                log.info("the %s circuit is closed again", name)
+
+        def failed(name: str, operation: str) -> None:
+            (metrics.store_errors if name == "store" else metrics.bus_errors).labels(operation).inc()
+
+        store_breaker = CircuitBreaker("store", on_change=changed, on_failure=failed)
+        bus_breaker = CircuitBreaker("bus", on_change=changed, on_failure=failed)
+        runtime.set_store(guard(runtime.store, store_breaker, passthrough=STORE_UNGUARDED), guarded=True)
+        runtime.bus = guard(runtime.bus, bus_breaker, passthrough=BUS_UNGUARDED)
 
     def begin_drain(self) -> None:
         """The server was asked to stop: drain the WebSocket sessions gracefully (PROTOCOL.md §8).

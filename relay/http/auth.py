@@ -19,7 +19,8 @@ of this). Then, in order; the first failure answers:
    {digest}``, with the target exactly as sent on the request line (the ASGI ``raw_path`` and
    ``query_string``, never a re-encoded path). An unknown device is verified against a dummy key, so it
    costs what a known one does. Not verified: ``401 unauthorized``;
-5. a revoked device whose signature verifies: ``403 device_revoked``;
+5. a revoked device whose signature verifies: ``403 device_revoked``; then the device's rate limit
+   (:mod:`relay.http.limits`: ``429 rate_limited``; the address's limit is checked before step 2);
 6. ``|ts - now| <= clock_skew_ms``, else ``401 unauthorized``;
 7. the (device, nonce) pair is new (:meth:`relay.store.base.Store.remember_nonce`, until
    ``ts + clock_skew_ms``, on every node since the store is shared), else ``401 unauthorized``.
@@ -104,6 +105,7 @@ async def authenticate(runtime: Runtime | None = None) -> SignedRequest:
     header = parse_authorization(values[0]) if len(values) == 1 else None
     if header is None:
         _refuse(runtime.clock.now_ms(), "malformed Authorization" if values else "no Authorization header")
+    await runtime.limits.check_address(runtime.metrics)
     body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     now_ms = runtime.clock.now_ms()
     found = await runtime.store.lookup_device(header.device_id, now_ms=now_ms)
@@ -120,6 +122,7 @@ async def authenticate(runtime: Runtime | None = None) -> SignedRequest:
         _refuse(now_ms, "signature does not verify" if known else "unknown device")
     if found.revoked:
         raise DeviceRevoked()
+    await runtime.limits.check_device(found.device_id, runtime.metrics)
     skew = runtime.settings.clock_skew_ms
     if not is_fresh(header.ts, now_ms=now_ms, clock_skew_ms=skew):
         _refuse(now_ms, f"ts is {header.ts - now_ms} ms from the server's clock")

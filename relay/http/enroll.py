@@ -133,6 +133,7 @@ blueprint = Blueprint("enroll", __name__)
 async def enroll() -> Response:
     check_query()
     runtime = current_runtime()
+    await runtime.limits.check_address(runtime.metrics)
     body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     enrollment = parse_enroll_request(body)
     if not enrollment.signature_verifies():

@@ -17,6 +17,8 @@ from relay.clock import Clock
 from relay.config import Settings
 from relay.crypto import SigningKey
 from relay.errors import InternalError
+from relay.http.limits import HttpLimits
+from relay.ops.metrics import Metrics
 from relay.store.base import ServerSecrets, Store
 
 __all__ = ["EXTENSION", "Runtime", "current_runtime"]
@@ -33,6 +35,10 @@ class Runtime:
     clock: Clock
     bus: Bus
     _store: Store | None = attrs.field(default=None, alias="store")
+    metrics: Metrics = attrs.field(factory=Metrics)
+    limits: HttpLimits = attrs.field(factory=HttpLimits)
+    #: Readiness checks behind ``/readyz`` (set by the app's start-up; ``None`` answers not ready).
+    readiness: object = None
     secrets: ServerSecrets | None = attrs.field(default=None, init=False)
     _signing_key: SigningKey | None = attrs.field(default=None, init=False, repr=False)
 
@@ -47,8 +53,11 @@ class Runtime:
     def has_store(self) -> bool:
         return self._store is not None
 
-    def set_store(self, store: Store) -> None:
-        """Called once by the start-up when the app opens its own store."""
+    def set_store(self, store: Store, *, guarded: bool = False) -> None:
+        """Called by the start-up when the app opens its own store, and again (``guarded``) to put
+        it behind its circuit breaker."""
+        if self._store is not None and not guarded:
+            raise InternalError(detail="the store is set once")
         self._store = store
 
     def set_secrets(self, secrets: ServerSecrets) -> None:

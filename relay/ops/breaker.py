@@ -51,6 +51,8 @@ class CircuitBreaker:
     reset_timeout_s: float = 2.0
     #: Called with the new state whenever it changes (metrics, logs).
     on_change: Callable[[str, BreakerState], None] | None = None
+    #: Called with (name, operation) for every call that failed ``unavailable`` (metrics).
+    on_failure: Callable[[str, str], None] | None = None
     state: BreakerState = attrs.field(default=BreakerState.CLOSED, init=False)
     failures: int = attrs.field(default=0, init=False)
     opened_at: float = attrs.field(default=0.0, init=False)
@@ -99,12 +101,14 @@ class CircuitBreaker:
         if trial:
             self._trial = False
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]], *, operation: str = "") -> T:
         trial = self.before_call()
         try:
             result = await fn()
         except Unavailable:
             self.failed(trial)
+            if self.on_failure is not None:
+                self.on_failure(self.name, operation)
             raise
         except Exception:  # a refusal (seq_conflict, not_found...): the dependency answered
             self.succeeded(trial)
@@ -132,7 +136,7 @@ class _Guarded:
 
         @functools.wraps(value)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
-            return await breaker.call(lambda: value(*args, **kwargs))
+            return await breaker.call(lambda: value(*args, **kwargs), operation=name)
 
         return guarded
 

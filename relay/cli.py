@@ -22,6 +22,7 @@ import trio
 
 from relay import __version__
 from relay.config import ConfigError, Settings
+from relay.ops.logs import configure_logging
 from relay.protocol.syntax import is_uuid
 
 __all__ = ["build_parser", "main"]
@@ -155,14 +156,8 @@ def _admin(args: argparse.Namespace, settings: Settings, *, stdout: TextIO, stde
 
 
 def _configure_logging(stream: TextIO, level: int) -> None:
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "relay_owned", False)]:
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(stream)
-    handler.relay_owned = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
+    """Logs of the commands people run at a terminal: one line each, secrets redacted."""
+    configure_logging(stream, level, json_lines=False)
 
 
 async def serve_until_signalled(
@@ -260,6 +255,11 @@ def main(
         print(f"relay: {exc}", file=err)
         return EXIT_USAGE
     if args.command == "serve":
-        _configure_logging(err, settings.log_level_number)
+        configure_logging(
+            err,
+            settings.log_level_number,
+            json_lines=settings.log_format == "json",
+            production=settings.production,
+        )
         return _serve(settings)
     return _admin(args, settings, stdout=out, stderr=err)

@@ -113,6 +113,11 @@ def _check_log_level(value: Any) -> None:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
 
 
+def _check_log_format(value: Any) -> None:
+    if value not in ("json", "text"):
+        raise ValueError("must be json (one JSON object per line) or text")
+
+
 def _check_path(value: Any) -> None:
     if not isinstance(value, Path) or not str(value) or "\0" in str(value):
         raise ValueError("must be a directory path")
@@ -273,6 +278,11 @@ def _validate(instance: Settings) -> None:
             "RELAY_DEFAULT_TTL_S",
             f"RELAY_DEFAULT_TTL_S={s.default_ttl_s}: must not exceed RELAY_MAX_TTL_S ({s.max_ttl_s})",
         )
+    if s.metrics_bind is not None and int(s.metrics_bind.rpartition(":")[2]) == s.port:
+        raise ConfigError(
+            "RELAY_METRICS_BIND",
+            f"RELAY_METRICS_BIND={s.metrics_bind!r}: must be another port than the server's ({s.port})",
+        )
     if s.workers > 1 and s.redis_url is None:
         raise ConfigError(
             "--workers",
@@ -314,6 +324,7 @@ class Settings:
     public_url: str | None = None
     metrics_bind: str | None = None
     log_level: str = "info"
+    log_format: str = "json"
     # flags of `relay serve`
     host: str = "127.0.0.1"
     port: int = 8080
@@ -409,6 +420,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("metrics_bind", "RELAY_METRICS_BIND", _nothing, _check_bind),
     _Setting("log_level", "RELAY_LOG_LEVEL", lambda text: text.strip().lower(), _check_log_level),
+    _Setting("log_format", "RELAY_LOG_FORMAT", lambda text: text.strip().lower(), _check_log_format),
     _Setting("host", None, _nothing, _check_host),
     _Setting("port", None, int, lambda value: _check_port(value, allow_zero=True)),
     _Setting("workers", None, int, _positive_int(64)),

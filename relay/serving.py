@@ -119,10 +119,13 @@ def contain_connection_errors() -> bool:
 
 
 def hypercorn_config(settings: Settings) -> Config:
-    """Hypercorn's configuration for ``settings``: one bind, our logging, the drain bound."""
+    """Hypercorn's configuration for ``settings``: the bind (and ``RELAY_METRICS_BIND``), our logging,
+    the drain bound."""
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
+    if settings.metrics_bind is not None:
+        config.bind.append(settings.metrics_bind)
     config.graceful_timeout = settings.drain_timeout_ms / 1000 + DRAIN_MARGIN_S
     config.websocket_max_message_size = WEBSOCKET_MESSAGE_FACTOR * settings.max_frame_bytes
     config.include_server_header = False
@@ -139,6 +142,29 @@ def _startup_failure(group: BaseExceptionGroup[LifespanFailureError]) -> Startup
     # Hypercorn's text is "Lifespan failure in startup. '<the app's message>'": keep the message.
     _, sep, message = text.partition(". '")
     return StartupFailed(message.removesuffix("'") if sep else text)
+
+
+def split_metrics(app: Any, metrics_bind: str | None) -> Any:
+    """The ASGI app to serve: ``app`` itself, or, with ``RELAY_METRICS_BIND``, one that answers only
+    ``/metrics`` on the metrics address and everything but ``/metrics`` on the others (404 otherwise).
+
+    The address a request came in on is the ASGI scope's ``server`` (the listening socket's).
+    """
+    if metrics_bind is None:
+        return app
+    metrics_port = int(metrics_bind.rpartition(":")[2])
+
+    async def routed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            server = scope.get("server") or ("", 0)
+            # The listening port tells the binds apart (the configuration refuses the same port twice).
+            on_metrics_bind = int(server[1]) == metrics_port
+            wants_metrics = scope.get("path") == "/metrics"
+            if on_metrics_bind != wants_metrics:
+                scope = {**scope, "path": "/metrics-not-here", "raw_path": b"/metrics-not-here"}
+        await app(scope, receive, send)
+
+    return routed
 
 
 async def serve(
@@ -168,7 +194,12 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             urls: list[str] = await nursery.start(
-                partial(hypercorn_serve, served, config, shutdown_trigger=trigger)
+                partial(
+                    hypercorn_serve,
+                    split_metrics(served, settings.metrics_bind),
+                    config,
+                    shutdown_trigger=trigger,
+                )
             )
             if not served.services.started:
                 # Hypercorn 0.18 binds and reports itself started even when the app's start-up failed;

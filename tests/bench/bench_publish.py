@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -33,6 +34,9 @@ import trio
 from relay.client import DeviceCredentials, RelayHttp, connect
 from relay.client.connection import LiveMessage
 from relay.protocol import messages
+
+#: The line `relay serve` logs once it listens (JSON or text); the URL ends at a quote or space.
+LISTENING = re.compile(r"listening on (https?://[^\s\",]+)[\",\s]")
 
 RELAY = [sys.executable, "-m", "relay"]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -58,11 +62,11 @@ async def start_server(data_dir: Path, env: dict[str, str]) -> tuple[trio.Proces
         [*RELAY, "serve", "--port", "0"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
     )
     with trio.fail_after(30):
-        while " listening on " not in (text := log_path.read_text()):
+        while not LISTENING.search(text := log_path.read_text()):
             if process.poll() is not None:
                 raise RuntimeError(f"relay serve failed:\n{text}")
             await trio.sleep(0.05)
-    url = text.rsplit(" listening on ", 1)[1].split()[0]
+    url = LISTENING.search(text).group(1)  # type: ignore[union-attr]
     return process, url
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from typing import Any
 
 import attrs
 import trio
+
+#: The line `relay serve` logs once it listens (JSON or text); the URL ends at a quote or space.
+LISTENING = re.compile(r"listening on (https?://[^\s\",]+)[\",\s]")
 
 #: Starting Python, Quart and Hypercorn takes about a second; a whole journey stays well under this.
 CAP_S = 60
@@ -48,8 +52,9 @@ async def relay_serve(env: Mapping[str, str]) -> AsyncIterator[Served]:
         async for chunk in stream:
             output.extend(chunk)
             text = output.decode(errors="replace")
-            if not listening.is_set() and " listening on " in text:
-                found.append(text.rsplit(" listening on ", 1)[1].split()[0])
+            match = LISTENING.search(text)
+            if not listening.is_set() and match:
+                found.append(match.group(1))
                 listening.set()
 
     async with trio.open_nursery() as nursery:

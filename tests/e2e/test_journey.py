@@ -117,7 +117,11 @@ async def test_one_persons_devices_from_enrolment_to_account_deletion(tmp_path: 
 
             # A rename that collides is refused and changes nothing; then one succeeds.
             taken = await device("rename", "PHONE", "--device-file", "laptop.json")
-            assert (taken.code, taken.stderr.strip()) == (1, "relay: refused: name_taken: This name is already used by another device")
+            assert taken.code == 1
+            assert (
+                taken.stderr.strip()
+                == "relay: refused: name_taken: This name is already used by another device"
+            )
             ok(await device("rename", "Work laptop", "--device-file", "laptop.json"))
             names = {
                 d["name"]

@@ -10,6 +10,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,16 +29,26 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from relay import crypto
 from relay.cli import main
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.protocol import codec, messages
 from relay.protocol.client_handshake import ClientHandshake
 from relay.protocol.syntax import is_request_id
 from relay.serving import serve
 
+#: The line `relay serve` logs once it listens (JSON or text); the URL ends at a quote or space.
+LISTENING = re.compile(r"listening on (https?://[^\s\",]+)[\",\s]")
+
 #: The console script installed next to the interpreter running the tests (.venv/bin/relay).
 RELAY = str(Path(sys.executable).with_name("relay"))
 #: Starting Python, Quart and Hypercorn takes about a second; this is the cap for a whole test.
 CAP_S = 30
+
+
+def last_message(lines: list[str]) -> str:
+    """The message of the last log line `relay serve` wrote (one JSON object per line)."""
+    record = json.loads(lines[-1])
+    assert set(record) >= {"ts", "level", "logger", "message"}
+    return str(record["message"])
 
 
 @attrs.frozen
@@ -129,8 +140,9 @@ async def test_relay_serve_answers_healthz_then_exits_0_on_signal(tmp_path: Path
         async for chunk in stream:
             output.extend(chunk)
             for line in output.decode(errors="replace").splitlines():
-                if " listening on " in line and not listening.is_set():
-                    urls.append(line.rsplit(" listening on ", 1)[1].strip())
+                found = LISTENING.search(line)
+                if found and not listening.is_set():
+                    urls.append(found.group(1))
                     listening.set()
 
     with trio.fail_after(CAP_S):
@@ -179,8 +191,9 @@ async def relay_server(env: Mapping[str, str]) -> AsyncIterator[Server]:
         async for chunk in stream:
             output.extend(chunk)
             text = output.decode(errors="replace")
-            if " listening on " in text and not listening.is_set():
-                urls.append(text.rsplit(" listening on ", 1)[1].split()[0])
+            found = LISTENING.search(text)
+            if found and not listening.is_set():
+                urls.append(found.group(1))
                 listening.set()
 
     async with trio.open_nursery() as nursery:
@@ -344,7 +357,7 @@ async def test_relay_serve_on_a_busy_port_exits_1_with_one_line(tmp_path: Path) 
         result = await run_relay("serve", "--port", str(port), env=server_env(tmp_path))
     lines = result.stderr.decode().splitlines()
     assert result.returncode == 1
-    assert lines[-1].endswith(f"cannot listen on 127.0.0.1 port {port}: Address already in use")
+    assert last_message(lines).endswith(f"cannot listen on 127.0.0.1 port {port}: Address already in use")
     assert "Traceback" not in result.stderr.decode()
 
 
@@ -413,11 +426,11 @@ def run_main_until_listening_then_signal(argv: list[str], signum: int, data_dir:
 
     def signal_when_listening() -> None:
         deadline = time.monotonic() + CAP_S
-        while " listening on " not in err.getvalue():
+        while not LISTENING.search(err.getvalue()):
             if time.monotonic() > deadline:
                 return  # main() never listened; it has returned or the test fails on its own
             time.sleep(0.01)
-        url = err.getvalue().rsplit(" listening on ", 1)[1].split()[0]
+        url = LISTENING.search(err.getvalue()).group(1)  # type: ignore[union-attr]
         host, _, port = url.removeprefix("http://").rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=5)
         conn.request("GET", "/healthz")
@@ -453,10 +466,8 @@ def test_main_serve_on_a_busy_port_returns_1(tmp_path: Path) -> None:
         status = main(["serve", "--port", str(port)], environ=environ, stderr=err)
     assert status == 1
     assert "RELAY_REDIS_URL: not used by this version" in err.getvalue()
-    assert (
-        err.getvalue()
-        .splitlines()[-1]
-        .endswith(f"cannot listen on 127.0.0.1 port {port}: Address already in use")
+    assert last_message(err.getvalue().splitlines()).endswith(
+        f"cannot listen on 127.0.0.1 port {port}: Address already in use"
     )
 
 
@@ -481,3 +492,29 @@ def test_main_serve_with_an_unusable_data_dir_exits_1_with_one_line(tmp_path: Pa
     assert "cannot start: the database is unavailable: " in lines[-1]
     assert "Traceback" not in err.getvalue()
     assert " listening on " not in err.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_with_a_metrics_bind_metrics_are_served_there_and_nowhere_else(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    with trio.fail_after(CAP_S):
+        async with running_app(tmp_path, metrics_bind=f"127.0.0.1:{metrics_port}") as url:
+            on_main = await get(url, "/metrics")
+            health_on_main = await get(url, "/healthz")
+            metrics_url = f"http://127.0.0.1:{metrics_port}"
+            on_bind = await get(metrics_url, "/metrics")
+            health_on_bind = await get(metrics_url, "/healthz")
+    assert (on_main.status, health_on_main.status) == (404, 200)
+    assert (on_bind.status, health_on_bind.status) == (200, 404)
+    assert on_bind.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b"relay_sessions_open" in on_bind.body
+
+
+def test_a_metrics_bind_on_the_servers_own_port_is_refused() -> None:
+    with pytest.raises(ConfigError, match="RELAY_METRICS_BIND"):
+        Settings.from_env({"RELAY_METRICS_BIND": "127.0.0.1:8080"}, port=8080)

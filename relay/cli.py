@@ -23,6 +23,7 @@ import trio
 from relay import __version__
 from relay.config import ConfigError, Settings
 from relay.ops.logs import configure_logging
+from relay.ops.tracing import configure_tracing
 from relay.protocol.syntax import is_uuid
 
 __all__ = ["build_parser", "main"]
@@ -255,6 +256,11 @@ def main(
         print(f"relay: {exc}", file=err)
         return EXIT_USAGE
     if args.command == "serve":
+        try:
+            configure_tracing(os.environ if environ is None else environ)
+        except ValueError as exc:
+            print(f"relay: {exc}", file=err)
+            return EXIT_USAGE
         configure_logging(
             err,
             settings.log_level_number,

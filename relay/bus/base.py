@@ -16,6 +16,11 @@ Everything that crosses the bus is a :data:`Note`: a frozen value of strings, in
 with a JSON form (:func:`note_to_json`, :func:`note_from_json`), so that a bus between processes
 carries exactly what the in-process bus hands around. Frames are encoded once, where a note is made,
 and the same text is handed to every recipient.
+
+An :class:`EventNote` also carries the trace context of the publish that made it (``trace``, a W3C
+``traceparent``, empty when that publish was not traced: :mod:`relay.bus.tracing`). Its JSON form
+leaves the member out when it is empty, so that nodes of the previous version, which refuse members
+they do not know, still read the notes of a node that does not trace.
 """
 
 from __future__ import annotations
@@ -74,7 +79,11 @@ class Subscriber(Protocol):
 
 @attrs.frozen(kw_only=True)
 class EventNote:
-    """A committed event. ``frame`` is its ``event`` frame, encoded once by the publishing node."""
+    """A committed event. ``frame`` is its ``event`` frame, encoded once by the publishing node.
+
+    ``trace`` is the W3C ``traceparent`` of the span that handed the event to the bus, or ``""`` when
+    none was recording; the receiving node makes its ``ws.deliver`` span a child of it.
+    """
 
     kind: Literal["event"] = "event"
     user_id: str
@@ -82,6 +91,7 @@ class EventNote:
     stream: str
     seq: int
     frame: str
+    trace: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -140,12 +150,19 @@ _CHANGES = frozenset({"enrolled", "renamed", "revoked"})
 
 
 def note_to_json(note: Note) -> bytes:
-    """The JSON form of ``note`` (for a bus between processes)."""
-    return orjson.dumps(attrs.asdict(note))
+    """The JSON form of ``note`` (for a bus between processes); an empty ``trace`` is left out."""
+    obj = attrs.asdict(note)
+    if isinstance(note, EventNote) and not note.trace:
+        del obj["trace"]
+    return orjson.dumps(obj)
 
 
 def note_from_json(data: bytes | str) -> Note:
-    """The note ``data`` holds; :class:`ValueError` for anything :func:`note_to_json` did not write."""
+    """The note ``data`` holds; :class:`ValueError` for anything :func:`note_to_json` did not write.
+
+    Members with a default (an event's ``trace``) may be absent, as a node of the previous version
+    writes them.
+    """
     try:
         obj = orjson.loads(data)
         cls = _NOTES[obj["kind"]]

@@ -24,9 +24,13 @@ from relay.bus.base import (
     Subscriber,
     UserDeletedNote,
 )
+from relay.bus.tracing import current_traceparent, deliver
 from relay.errors import AccountDeleted, DeviceRevoked, SessionReplaced
 from relay.protocol.codec import encode_server
 from relay.protocol.messages import DeviceChange, DeviceNotice, Event, Presence, StoredEvent
+
+if TYPE_CHECKING:
+    from relay.bus.base import Bus
 
 __all__ = ["Fanout", "LocalBus"]
 
@@ -147,15 +151,15 @@ class LocalBus:
         # Delivered before yielding: a committed event is never lost to a cancellation here.
         if self._fanout.has_user(user_id):  # else nobody of this user is connected: nothing to encode
             frame = encode_server(Event(event=event))
-            self._fanout.apply(
-                EventNote(
-                    user_id=user_id,
-                    origin_session_id=origin_session_id,
-                    stream=event.stream,
-                    seq=event.seq,
-                    frame=frame,
-                )
+            note = EventNote(
+                user_id=user_id,
+                origin_session_id=origin_session_id,
+                stream=event.stream,
+                seq=event.seq,
+                frame=frame,
+                trace=current_traceparent(),
             )
+            deliver(self._fanout, note)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def announce_device(
@@ -179,7 +183,6 @@ class LocalBus:
 
 
 if TYPE_CHECKING:
-    from relay.bus.base import Bus
 
     def _conforms(bus: LocalBus) -> Bus:
         return bus

@@ -3,7 +3,8 @@
 Every node runs one :class:`RedisBus` against the same Redis (and the same ``prefix``). What crosses
 Redis is the JSON form of :data:`~relay.bus.base.Note` values (:func:`~relay.bus.base.note_to_json`),
 frames included, encoded once by the node that makes the note; a receiving node hands each note to
-its :class:`~relay.bus.local.Fanout`, which applies the delivery rules to its own sessions.
+its :class:`~relay.bus.local.Fanout`, which applies the delivery rules to its own sessions (a traced
+event inside a ``ws.deliver`` span that continues the publisher's trace: :mod:`relay.bus.tracing`).
 
 Channels (``P`` is the prefix)
     - ``P user:{user_id}``: events, presence and device notices (enrolled, renamed) of one user. A
@@ -67,6 +68,7 @@ from relay.bus.redis_commands import COMMAND_TIMEOUT_S, Commands, Publisher
 from relay.bus.redis_connection import Signal
 from relay.bus.redis_presence import Names, Presence
 from relay.bus.redis_subscription import Subscription
+from relay.bus.tracing import current_traceparent, deliver
 from relay.clock import Clock, SystemClock
 from relay.errors import BusLost, BusUnavailable, SessionError, SessionReplaced
 from relay.protocol.codec import encode_server
@@ -271,7 +273,7 @@ class RedisBus:
         elif self._names.user_of_channel(channel) == value.user_id and isinstance(
             value, EventNote | PresenceNote | DeviceNote
         ):
-            self._fanout.apply(value)
+            deliver(self._fanout, value)  # a traced event inside its ws.deliver span
 
     def _replace(self, note: ReplaceNote) -> None:
         sessions = self._users.get(note.user_id, {})
@@ -344,6 +346,7 @@ class RedisBus:
             stream=event.stream,
             seq=event.seq,
             frame=frame,
+            trace=current_traceparent(),  # the caller's span (the gateway's fanout), if recording
         )
         await self._publisher.publish(self._names.user_channel(user_id), note_to_json(note))
 

@@ -14,12 +14,16 @@
 - :mod:`~relay.gateway.revocations`: the node's revocation watcher (the store's revocation log);
 - :mod:`~relay.gateway.revocation_index`: live sessions by revocation subject, and the handshake race;
 - :mod:`~relay.gateway.fitting`: keeping frames within ``max_frame_bytes``;
-- :mod:`~relay.gateway.context`: the dependencies sessions share, and the admission seam.
+- :mod:`~relay.gateway.context`: the dependencies sessions share, and the admission seam;
+- :mod:`~relay.gateway.admission`: the publish rate limit per device and the handshake limit per address;
+- :mod:`~relay.gateway.instruments`: the gateway's metrics, bound once;
+- :mod:`~relay.gateway.traces`: the gateway's spans.
 """
 
 from __future__ import annotations
 
+from relay.gateway.admission import HANDSHAKE_BURST, HANDSHAKE_RATE_PER_S, PublishLimits
 from relay.gateway.context import Admission, AdmitAll
 from relay.gateway.gateway import Gateway
 
-__all__ = ["Admission", "AdmitAll", "Gateway"]
+__all__ = ["HANDSHAKE_BURST", "HANDSHAKE_RATE_PER_S", "Admission", "AdmitAll", "Gateway", "PublishLimits"]

@@ -1,5 +1,5 @@
-"""What every session of a gateway shares: settings, store, bus, clock, keys, the revocation index, and
-policy seams."""
+"""What every session of a gateway shares: settings, store, bus, clock, keys, the revocation index,
+metrics and tracing, and policy seams."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from relay.clock import Clock
 from relay.config import Settings
 from relay.crypto import SigningKey
 from relay.errors import InternalError, RelayError
+from relay.gateway.instruments import GatewayInstruments
 from relay.gateway.revocation_index import RevocationIndex
+from relay.ops.metrics import Metrics
+from relay.ops.ratelimit import Limiter
 from relay.protocol.codec import AnswerContext, encode_error
 from relay.protocol.messages import Limits
 from relay.store.base import Store
@@ -30,14 +33,16 @@ class Admission(Protocol):
 
     The seam for rate limits and quotas other than the store's: raise
     :class:`relay.errors.RateLimited` (with ``retry_after_ms``) or :class:`relay.errors.QuotaExceeded`
-    to refuse; return to admit. Called once per publish, in the order received; never blocks.
+    to refuse; return to admit. Called once per publish that passed steps 1-2 (retries of stored
+    events included), in the order received; never blocks. The gateway's default is
+    :class:`relay.gateway.admission.PublishLimits`.
     """
 
     def check_publish(self, *, user_id: str, device_id: str, body_size: int, now_ms: int) -> None: ...
 
 
 class AdmitAll:
-    """Admits every publish: the store's quotas are the only ones (until rate limits arrive)."""
+    """Admits every publish: no rate limit, the store's quotas are the only ones (for tests)."""
 
     def check_publish(self, *, user_id: str, device_id: str, body_size: int, now_ms: int) -> None:
         return None
@@ -57,6 +62,17 @@ class GatewayContext:
     limits: Limits
     #: The node's live sessions by revocation subject (the handshake registers, the watcher matches).
     revocations: RevocationIndex
+    #: The app's metrics; sessions count through :attr:`instruments`, bound once from them.
+    metrics: Metrics
+    #: Handshakes per client address (see :mod:`relay.gateway.admission`).
+    handshake_limiter: Limiter
+    #: Whether sessions make spans (:mod:`relay.gateway.traces`).
+    tracing: bool = False
+    instruments: GatewayInstruments = attrs.field(init=False)
+
+    @instruments.default
+    def _bind_instruments(self) -> GatewayInstruments:
+        return GatewayInstruments(self.metrics)
 
     def error_frame(self, exc: BaseException, ctx: AnswerContext | None = None) -> str:
         """The ``error`` frame for ``exc``; an unexpected exception is logged under a fresh request id.

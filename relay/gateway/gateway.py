@@ -5,6 +5,11 @@ starts :meth:`Gateway.run` (the node's background work: the ``heads`` ticker and
 watcher, :mod:`relay.gateway.revocations`) in its service nursery, and calls :meth:`Gateway.shutdown`
 when the server is asked to stop. Each connection's session runs in the task Hypercorn gives the
 connection (:meth:`Gateway.handle`); one session's failure never reaches another.
+
+Operations: the gateway counts into the app's :class:`~relay.ops.metrics.Metrics`
+(:mod:`relay.gateway.instruments`), limits publishes per device and handshakes per client address
+(:mod:`relay.gateway.admission`), and makes spans when a tracer provider is installed
+(:mod:`relay.gateway.traces`).
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ from relay.clock import Clock
 from relay.config import Settings
 from relay.crypto import SigningKey
 from relay.errors import BadRequest, GoingAway
+from relay.gateway.admission import HandshakeGate, PublishLimits, default_handshake_limiter
 from relay.gateway.asgi import AsgiApp, AsgiWebSocket, Receive, Scope, Send, route_websocket
-from relay.gateway.context import Admission, AdmitAll, GatewayContext
+from relay.gateway.context import Admission, GatewayContext
+from relay.gateway.instruments import CANCELLED
 from relay.gateway.revocation_index import RevocationIndex
 from relay.gateway.revocations import RevocationWatcher
 from relay.gateway.session import Session
+from relay.gateway.traces import tracing_installed
 from relay.gateway.work import run_work
+from relay.ops.metrics import Metrics
+from relay.ops.ratelimit import Limiter
 from relay.protocol.paths import bad_request
 from relay.store.base import Store
 
@@ -36,7 +46,18 @@ log = logging.getLogger("relay.gateway")
 class Gateway:
     """Every live WebSocket session of this node, and the background work they share.
 
-    ``admission`` is the seam for rate limits and quotas beyond the store's (default: admit all).
+    Optional keywords, each with a default fit for one node:
+
+    - ``admission``: the publish check of §4.2 step 3; default :class:`PublishLimits` from
+      ``settings`` (``publish_rate`` per device, bursts of ``publish_burst``);
+      :class:`~relay.gateway.context.AdmitAll` admits everything;
+    - ``metrics``: where the gateway counts (default: a fresh :class:`Metrics` of its own; the app
+      passes the one ``/metrics`` renders);
+    - ``handshake_limiter``: handshakes per client address (default
+      :func:`~relay.gateway.admission.default_handshake_limiter`, in this process; with several
+      nodes, a :class:`~relay.ops.ratelimit_redis.RedisLimiter` shares it);
+    - ``tracing``: whether sessions make spans (default: whether a tracer provider is installed now,
+      so install it, :func:`relay.ops.tracing.configure_tracing`, before building the gateway).
     """
 
     def __init__(
@@ -49,8 +70,12 @@ class Gateway:
         server_key: SigningKey,
         token_secret: bytes,
         admission: Admission | None = None,
+        metrics: Metrics | None = None,
+        handshake_limiter: Limiter | None = None,
+        tracing: bool | None = None,
     ) -> None:
         revocations = RevocationIndex()
+        limiter = handshake_limiter if handshake_limiter is not None else default_handshake_limiter()
         self._ctx = GatewayContext(
             settings=settings,
             store=store,
@@ -58,15 +83,28 @@ class Gateway:
             clock=clock,
             server_key=server_key,
             token_secret=token_secret,
-            admission=admission if admission is not None else AdmitAll(),
+            admission=admission if admission is not None else PublishLimits.from_settings(settings),
             limits=settings.limits,
             revocations=revocations,
+            metrics=metrics if metrics is not None else Metrics(),
+            handshake_limiter=limiter,
+            tracing=tracing if tracing is not None else tracing_installed(),
         )
+        self._handshakes = HandshakeGate(limiter)
         self._watcher = RevocationWatcher(store=store, clock=clock, index=revocations)
         #: Live sessions, in the order they connected (a dict: ordered, unlike a set).
         self._sessions: dict[Session, None] = {}
         self._draining = False
         self._session_ended = trio.Event()
+
+    @property
+    def context(self) -> GatewayContext:
+        """What the sessions share (read-only: for the app and tests)."""
+        return self._ctx
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._ctx.metrics
 
     @property
     def session_count(self) -> int:
@@ -83,23 +121,33 @@ class Gateway:
         return route_websocket(self.handle, inner)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one WebSocket connection (an ASGI ``websocket`` scope) until it closes."""
+        """Serve one WebSocket connection (an ASGI ``websocket`` scope) until it closes.
+
+        Right after the upgrade: refused with ``going_away`` while draining, then checked against the
+        handshake limit of its client address (``rate_limited``, 1013), then its query string.
+        """
         ws = AsgiWebSocket(scope, receive, send)
         if not await ws.wait_connect():
             return
         await ws.accept()
+        instruments = self._ctx.instruments
         session = Session(ctx=self._ctx, ws=ws, opened_at=trio.current_time())
-        if self._draining:
-            session.refuse(GoingAway())
-        elif (refusal := _query_refusal(ws.query_string)) is not None:
-            session.refuse(refusal)
         self._sessions[session] = None
+        instruments.session_opened()
         try:
+            if self._draining:
+                session.refuse(GoingAway())
+            elif (limited := await self._handshakes.check(scope)) is not None:
+                instruments.handshake_rate_limited()
+                session.refuse(limited)
+            elif (refusal := _query_refusal(ws.query_string)) is not None:
+                session.refuse(refusal)
             await session.run(run_work)
         except* Exception as group:  # only a bug gets here; the session's own errors are answered
             log.error("a WebSocket session failed", exc_info=group)
         finally:
             self._sessions.pop(session, None)
+            instruments.session_ended(session.end_code or CANCELLED, welcomed=session.welcomed)
             self._session_ended.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -12,6 +12,10 @@ once, and the session joins the node's :class:`~relay.gateway.revocation_index.R
 the revocation watcher applied log entries while the lookup ran, the device is looked up once more
 (see "The handshake race" in :mod:`relay.gateway.revocation_index`), so a revocation that commits
 during a handshake closes the session as surely as one that commits after it.
+
+Once the device is authenticated, the session's task sets the log context
+(:data:`relay.ops.logs.session_id`, :data:`relay.ops.logs.device_id`): the session's tasks, started
+after the handshake, copy it, so every line they log names the session and the device.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from relay.errors import ProtocolError
 from relay.gateway.fitting import fit_heads, frame_bytes
 from relay.gateway.revocation_index import RevocationSubjects, revocation_error
 from relay.gateway.session import Session
+from relay.ops import logs
 from relay.protocol import handshake as hs
 from relay.protocol.codec import encode_server, structure_client
 from relay.protocol.messages import Auth, ClientMessage, Hello, JsonValue
@@ -82,6 +87,9 @@ async def run_handshake(session: Session) -> None:
     mark = ctx.revocations.mark()
     found = await ctx.store.lookup_device(device_id, now_ms=ctx.clock.now_ms())
     session.identity = identity = machine.complete(_lookup(found))
+    # In the session's own task (the handshake runs inline), before its tasks are started.
+    logs.session_id.set(identity.session_id)
+    logs.device_id.set(identity.device_id)
     await _watch_revocations(session, identity, mark)
 
     # Join live delivery and presence first, then read: nothing committed in between is missed.

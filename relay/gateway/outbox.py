@@ -8,6 +8,8 @@ which never waits and reports a full queue so the session can close with ``slow_
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import trio
 
@@ -29,6 +31,8 @@ class Closing:
     reason: str = ""
     #: Send what is queued before the final frame (not for a slow consumer: it does not read).
     drain: bool = False
+    #: Called by the writer once the close is sent (not when it could not be: the peer is gone).
+    sent: Callable[[], None] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.define(eq=False)
@@ -90,6 +94,8 @@ class Outbox:
         if closing.frame is not None:
             await self.ws.send_text(closing.frame)
             await self.ws.close(closing.code, closing.reason)
+            if closing.sent is not None:
+                closing.sent()
 
     async def _send_queued(self) -> None:
         """Send frames as they are queued, until :meth:`finish`."""

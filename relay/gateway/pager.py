@@ -13,6 +13,9 @@ A replay's ``head`` is fixed when it begins and travels in its continuation toke
 during a replay belong to live delivery, not to the pages. A page holds at most ``limit`` events and
 ends early when the next one would not fit in ``max_frame_bytes``; ``next`` is null exactly when the
 page reaches ``head``.
+
+Each page queued counts in ``relay_replay_pages_total{kind}`` (``replay`` for ``replay`` and
+``replay.next``, ``streams`` for ``streams``); each request served is a ``ws.replay_page`` span.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import trio
 
 from relay.errors import Busy, RequestError, Unavailable
 from relay.gateway.fitting import fit_events, fit_heads, frame_bytes, token_chars
+from relay.gateway.instruments import PageKind
+from relay.gateway.revocation_index import Revocation
 from relay.gateway.session import Session
+from relay.gateway.traces import span
 from relay.protocol import tokens
 from relay.protocol.codec import AnswerContext, encode_server
 from relay.protocol.messages import ReplayPage, StreamsPage
@@ -97,9 +103,20 @@ class Pager:
                 self._outstanding -= 1
 
     async def _serve(self, job: Job) -> None:
+        kind: PageKind = "streams" if isinstance(job, ListJob) else "replay"
+        with span(self.session.ctx.tracing, "ws.replay_page") as current:
+            current.set_attribute("relay.kind", kind)
+            if isinstance(job, ReplayJob):
+                current.set_attribute("relay.stream_length", len(job.stream))
+            refusal = await self._serve_job(job, kind)
+            if refusal is not None:
+                current.set_attribute("relay.refusal", refusal)
+
+    async def _serve_job(self, job: Job, kind: PageKind) -> str | None:
+        """Serve ``job``; the code it was refused with, if it was."""
         ctx = job.ctx
-        if self._revoked(ctx):
-            return
+        if (revocation := self._revoked(ctx)) is not None:
+            return revocation.code
         try:
             if isinstance(job, ListJob):
                 frame = await self._list(job)
@@ -121,18 +138,22 @@ class Pager:
         except Unavailable as exc:
             retry = exc.fields.get("retry_after_ms") or _DEFAULT_RETRY_AFTER_MS
             await self.session.answer_error(Unavailable(retry_after_ms=retry), ctx)
+            return exc.code
         except RequestError as exc:
             await self.session.answer_error(exc, ctx)
-        else:
-            if not self._revoked(ctx):
-                await self.session.answer(frame)
+            return exc.code
+        if (revocation := self._revoked(ctx)) is not None:
+            return revocation.code
+        await self.session.answer(frame)
+        self.session.ctx.instruments.page(kind)
+        return None
 
-    def _revoked(self, ctx: AnswerContext) -> bool:
-        """Whether the session is known revoked; then it is closed with that error (and nothing served)."""
+    def _revoked(self, ctx: AnswerContext) -> Revocation | None:
+        """The revocation the session is known to have; then it is closed with it (nothing served)."""
         revocation = self.session.revocation
         if revocation is not None:
             self.session.close(revocation, ctx=ctx)
-        return revocation is not None
+        return revocation
 
     def _store(self) -> Store:
         return self.session.ctx.store

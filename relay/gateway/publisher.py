@@ -19,16 +19,29 @@ append that commits after the revocation does not exist (it fails with ``device_
 At most ``max_inflight`` publishes are between the reader and their answer: the reader takes a slot of
 :class:`InflightSlots` before reading each frame and stops reading while none is free; the slot of a
 publish comes back here once its answer is queued.
+
+Instruments: ``relay_events_published_total`` per event committed, ``relay_events_duplicate_total``
+per append answered with the original event, ``relay_events_refused_total{code}`` per publish refused
+with an error (a revocation's included: nothing was stored), ``relay_rate_limited_total{limit="publish"}``
+for ``rate_limited``; ``relay_publish_commit_seconds`` from the frame being read
+(:attr:`PublishItem.read_at`) to the append returning (a new event or a duplicate), and
+``relay_fanout_seconds`` for the hand-over to the bus, whatever its outcome. Spans
+(:mod:`relay.gateway.traces`): ``ws.publish``, with ``validate`` (steps 1-3 before the store),
+``commit`` (the append) and ``fanout`` (the hand-over) as children.
 """
 
 from __future__ import annotations
 
 import attrs
 import trio
+from opentelemetry.trace import Span
 
 from relay.errors import (
+    AccountDeleted,
     BusLost,
     BusUnavailable,
+    DeviceRevoked,
+    RateLimited,
     RelayError,
     RequestError,
     SessionError,
@@ -36,6 +49,7 @@ from relay.errors import (
     Unavailable,
 )
 from relay.gateway.session import Session
+from relay.gateway.traces import span
 from relay.protocol.codec import AnswerContext, answer_context, encode_server, structure_client
 from relay.protocol.messages import Ack, JsonValue, Publish
 from relay.protocol.validation import AcceptedPublish, validate_publish
@@ -54,6 +68,8 @@ class PublishItem:
     """A ``publish`` frame as parsed by the reader; it holds one in-flight slot until answered."""
 
     obj: dict[str, JsonValue]
+    #: trio time the frame was read (the start of its ``relay_publish_commit_seconds``).
+    read_at: float
 
 
 async def run_publisher(
@@ -62,30 +78,38 @@ async def run_publisher(
     """Commit and answer publishes in order until the reader closes the channel and it is drained."""
     async for item in items:
         try:
-            await _publish_one(session, item.obj)
+            with span(session.ctx.tracing, "ws.publish") as current:
+                await _publish_one(session, item, current)
         finally:
             slots.release()
 
 
-async def _publish_one(session: Session, obj: dict[str, JsonValue]) -> None:
+async def _publish_one(session: Session, item: PublishItem, current: Span) -> None:
+    obj = item.obj
     ctx = answer_context(obj)
     if session.revocation is not None:  # known revoked: nothing of it goes to the store again
+        _count_refusal(session, session.revocation, current)
         session.close(session.revocation, ctx=ctx)
         return
     now = session.ctx.clock.now_ms()  # the publish's "server now": its checks, and its received_at
     try:
-        accepted = _accept(session, obj, now)
-        appended = await _commit(session, accepted, now)
+        with span(session.ctx.tracing, "validate"):
+            accepted = _accept(session, obj, now)
+        current.set_attribute("relay.stream_length", len(accepted.stream))
+        appended = await _commit(session, accepted, now, item.read_at)
     except SessionError as exc:  # device_revoked, account_deleted, bus_lost: the session ends
+        if isinstance(exc, DeviceRevoked | AccountDeleted):  # refused in the commit: nothing stored
+            _count_refusal(session, exc, current)
         session.close(exc, ctx=ctx)
         return
     except Unavailable as exc:
         retry = exc.fields.get("retry_after_ms")
-        await _refuse(session, Unavailable(retry_after_ms=retry or DEFAULT_RETRY_AFTER_MS), ctx)
+        await _refuse(session, Unavailable(retry_after_ms=retry or DEFAULT_RETRY_AFTER_MS), ctx, current)
         return
     except RequestError as exc:
-        await _refuse(session, exc, ctx)
+        await _refuse(session, exc, ctx, current)
         return
+    current.set_attribute("relay.duplicate", appended.duplicate)
     event = appended.event
     ack = Ack(
         id=event.id,
@@ -99,8 +123,17 @@ async def _publish_one(session: Session, obj: dict[str, JsonValue]) -> None:
     await session.answer(encode_server(ack))
 
 
-async def _refuse(session: Session, exc: RelayError, ctx: AnswerContext) -> None:
+async def _refuse(session: Session, exc: RequestError, ctx: AnswerContext, current: Span) -> None:
+    _count_refusal(session, exc, current)
     await session.answer_error(exc, ctx)
+
+
+def _count_refusal(session: Session, exc: RelayError, current: Span) -> None:
+    instruments = session.ctx.instruments
+    instruments.refused(exc.code)
+    if isinstance(exc, RateLimited):
+        instruments.publish_rate_limited()
+    current.set_attribute("relay.refusal", exc.code)
 
 
 def _accept(session: Session, obj: dict[str, JsonValue], now: int) -> AcceptedPublish:
@@ -115,9 +148,10 @@ def _accept(session: Session, obj: dict[str, JsonValue], now: int) -> AcceptedPu
     return accepted
 
 
-async def _commit(session: Session, accepted: AcceptedPublish, now: int) -> Appended:
+async def _commit(session: Session, accepted: AcceptedPublish, now: int, read_at: float) -> Appended:
     """Append (steps 3-6) and, unless it is a duplicate, hand the event to the bus; both shielded."""
     ctx = session.ctx
+    instruments = ctx.instruments
     settings = ctx.settings
     request = AppendRequest(
         user_id=session.user_id,
@@ -134,20 +168,26 @@ async def _commit(session: Session, accepted: AcceptedPublish, now: int) -> Appe
         clock_skew_ms=settings.clock_skew_ms,
     )
     appended: Appended | None = None
-    with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
+    with span(ctx.tracing, "commit"), trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
         appended = await ctx.store.append(request)
     if appended is None:
         raise StoreUnavailable(detail="the commit did not finish in time")
+    instruments.commit_seconds(trio.current_time() - read_at)
     if appended.duplicate:
+        instruments.duplicate()
         return appended
+    instruments.published()
     session.note_head(appended.event.stream, appended.event.seq)
     handed = False
-    with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
+    with span(ctx.tracing, "fanout"), trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
+        started = trio.current_time()
         try:
             await ctx.bus.publish(session.user_id, appended.event, origin_session_id=session.session_id)
             handed = True
         except BusUnavailable as exc:  # the event is stored, but live delivery broke
             raise BusLost(detail=f"the bus refused a committed event: {exc}") from exc
+        finally:
+            instruments.fanout_seconds(trio.current_time() - started)
     if not handed:
         raise BusLost(detail="handing a committed event to the bus timed out")
     return appended

@@ -50,7 +50,8 @@ async def run_reader(
             session.last_heard = trio.current_time()
         obj = await session.receive_object()
         if obj.get("type") == Publish.TYPE:
-            publishes.send_nowait(PublishItem(obj))  # room for every slot; the slot goes with it
+            # Room for every slot; the slot goes with it. last_heard: when this frame was read.
+            publishes.send_nowait(PublishItem(obj, session.last_heard))
             continue
         slots.release()
         await _dispatch(session, obj, pager)

@@ -24,6 +24,11 @@ watcher (:mod:`relay.gateway.revocations`), which finds the session in the
 :attr:`Session.revocation` keeps the error: the publisher and the pager check it before touching
 the store (no database round trip per message), and the store's own check in the committing
 transaction stays the last line. The session leaves the index when it ends.
+
+Metrics (:mod:`relay.gateway.instruments`): every live ``event`` frame accepted for sending counts as
+delivered; the welcome counts as a handshake's ``welcome``; a revocation's close, once the writer has
+sent it, is timed from the moment the revocation reached the session (``bus`` through :meth:`end`,
+``log`` through :meth:`revoke`). :attr:`end_code` is what the gateway counts the session's end as.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from relay.gateway.asgi import AsgiWebSocket
 from relay.gateway.context import GatewayContext
 from relay.gateway.fitting import heads_frames
 from relay.gateway.inbound import PeerGone, receive_object
+from relay.gateway.instruments import DISCONNECTED, RevocationPath, error_code
 from relay.gateway.outbox import Closing, Outbox
 from relay.gateway.revocation_index import Revocation
 from relay.protocol.codec import AnswerContext
@@ -81,6 +87,9 @@ class Session:
     subscribed: bool = attrs.field(default=False, init=False)
     #: Why the device may no longer be served (revoked, account deleted), once the node knows.
     revocation: Revocation | None = attrs.field(default=None, init=False)
+    #: How the revocation came (``bus`` or ``log``) and when (trio time), for its close's timing.
+    _revocation_path: RevocationPath = attrs.field(default="log", init=False)
+    _revoked_at: float = attrs.field(default=0.0, init=False)
     _request: _CloseRequest | None = attrs.field(default=None, init=False)
     _closing: Closing | None = attrs.field(default=None, init=False)
     _refusal: RelayError | None = attrs.field(default=None, init=False)
@@ -122,14 +131,24 @@ class Session:
     def closing(self) -> bool:
         return self._request is not None
 
+    @property
+    def end_code(self) -> str | None:
+        """The code the session ends with, once a close was requested: its error's code (``internal``
+        for an unexpected exception), or ``disconnected`` when the peer went away first."""
+        if self._request is None:
+            return None
+        error = self._request.error
+        return DISCONNECTED if error is None else error_code(error)
+
     # --- delivery -------------------------------------------------------------------------------------
 
     def send_live(self, frame: str, *, stream: str | None = None, seq: int | None = None) -> None:
         """Queue a live frame without waiting; a full queue closes the session with ``slow_consumer``."""
         if self._request is not None:
             return
-        if stream is not None and seq is not None:
+        if stream is not None and seq is not None:  # an event frame
             self.note_head(stream, seq)
+            self.ctx.instruments.delivered()  # counted as queued; an overflow closes the session anyway
         if self._held is not None:  # before welcome: keep it, in order, for right after the welcome
             if len(self._held) >= self.outbox.capacity:
                 self.close(SlowConsumer())
@@ -141,18 +160,21 @@ class Session:
     def end(self, error: SessionError) -> None:
         """The bus ends this session (replaced, revoked, account deleted, bus lost)."""
         if isinstance(error, DeviceRevoked | AccountDeleted):
-            self.revoke(error)
+            self.revoke(error, path="bus")
         else:
             self.close(error)
 
-    def revoke(self, error: Revocation) -> None:
+    def revoke(self, error: Revocation, *, path: RevocationPath = "log") -> None:
         """The device was revoked or its account deleted (the bus or the revocation watcher says so).
 
         Remembers ``error`` in :attr:`revocation` (the first one wins), so that no message path of this
         session reaches the store again, and closes with it (1008). Returns at once, never raises.
+        ``path`` says how the node learned of it (``log``: the store's revocation log, or a re-check).
         """
         if self.revocation is None:
             self.revocation = error
+            self._revocation_path = path
+            self._revoked_at = trio.current_time()
         self.close(error)
 
     def note_head(self, stream: str, seq: int) -> None:
@@ -172,6 +194,7 @@ class Session:
         """Queue ``welcome`` (whose heads are ``streams``), then what arrived while it was being built."""
         await self.outbox.put(welcome)
         self.welcomed = True
+        self.ctx.instruments.welcomed()
         for name, seq in list(self._heads.items()):
             if streams.get(name, 0) >= seq:
                 del self._heads[name]
@@ -255,8 +278,16 @@ class Session:
                 code, reason = _close_code(request.error, in_handshake=not self.welcomed)
                 frame = self.ctx.error_frame(request.error, request.ctx)
                 drain = not isinstance(request.error, SlowConsumer)
-                self._closing = Closing(frame=frame, code=code, reason=reason, drain=drain)
+                revoked = self.revocation is not None and request.error is self.revocation
+                sent = self._revocation_closed if revoked else None
+                self._closing = Closing(frame=frame, code=code, reason=reason, drain=drain, sent=sent)
         return self._closing
+
+    def _revocation_closed(self) -> None:
+        """(The writer, once the close of the revocation is sent.) Time it since the node learned."""
+        self.ctx.instruments.revocation_closed(
+            self._revocation_path, trio.current_time() - self._revoked_at
+        )
 
     # --- running --------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from relay.gateway.pager import Pager
 from relay.gateway.publisher import PublishItem, run_publisher
 from relay.gateway.reader import run_reader
 from relay.gateway.session import Session
+from relay.gateway.traces import handshake_span
 from relay.gateway.watchdog import watch_heartbeat
 
 __all__ = ["run_work"]
@@ -22,10 +23,11 @@ __all__ = ["run_work"]
 async def run_work(session: Session) -> None:
     """Authenticate within ``handshake_timeout_ms`` of the upgrade, then serve until the session ends."""
     settings = session.ctx.settings
-    with trio.move_on_at(session.opened_at + settings.handshake_timeout_ms / 1000) as deadline:
-        await run_handshake(session)
-    if deadline.cancelled_caught:
-        raise HandshakeTimeout()
+    with handshake_span(session):
+        with trio.move_on_at(session.opened_at + settings.handshake_timeout_ms / 1000) as deadline:
+            await run_handshake(session)
+        if deadline.cancelled_caught:
+            raise HandshakeTimeout()
 
     publish_send, publish_receive = trio.open_memory_channel[PublishItem](settings.max_inflight)
     slots = trio.Semaphore(settings.max_inflight)

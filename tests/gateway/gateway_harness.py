@@ -19,11 +19,12 @@ import orjson
 import trio
 
 from relay import crypto
-from relay.bus.local import LocalBus
+from relay.bus.base import Bus
 from relay.clock import TrioClock
 from relay.config import Settings
 from relay.crypto import SigningKey
 from relay.gateway import Gateway
+from relay.ops.metrics import Metrics
 from relay.protocol import messages
 from relay.protocol.client_handshake import ClientHandshake
 from relay.protocol.codec import decode_server, encode_client
@@ -67,6 +68,7 @@ class Client:
         query_string: bytes = b"",
         buffer: float = math.inf,
         app: Any = None,
+        client: tuple[str, int] | None = None,
     ) -> None:
         self.gateway = gateway
         #: The ASGI app the connection goes to: the gateway's handler unless a test wraps it.
@@ -81,6 +83,8 @@ class Client:
             "headers": [],
             "subprotocols": list(subprotocols),
         }
+        if client is not None:  # the peer's address, as a server puts it (absent: a Unix socket)
+            self.scope["client"] = list(client)
         self._to_server, self._server_receives = trio.open_memory_channel[dict[str, Any]](0)
         self._server_sends, self._from_server = trio.open_memory_channel[dict[str, Any]](buffer)
         self.ended = trio.Event()
@@ -211,7 +215,7 @@ class Relay:
     settings: Settings
     store: Store
     memory: MemoryStore
-    bus: LocalBus
+    bus: Bus
     clock: TrioClock
     server_key: SigningKey
     gateway: Gateway
@@ -219,6 +223,15 @@ class Relay:
 
     def now(self) -> int:
         return self.clock.now_ms()
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.gateway.metrics
+
+    def sample(self, name: str, **labels: str) -> float:
+        """The current value of the sample ``name`` with ``labels`` (0 when it was never set)."""
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
 
     async def clock_tick(self) -> None:
         """Let one millisecond of virtual time pass (so that writes are ordered in time)."""

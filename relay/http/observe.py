@@ -1,7 +1,7 @@
 """What every HTTP request leaves behind: its request id in the logs' context, two metrics, a span.
 
 ``relay_http_requests_total{route, status}`` and ``relay_http_request_seconds{route}``, where the route
-is the URL rule that matched (``/v1/devices/<uuid:device_id>``), never the path as sent (which would
+is the URL rule that matched (``/v1/devices/<device_id:device_id>``), never the path as sent (which would
 put ids in labels), or ``unmatched``. With tracing on (:mod:`relay.ops.tracing`) each request is a
 ``http <METHOD> <route>`` server span carrying the method, the route and the status.
 """

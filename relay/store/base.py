@@ -188,6 +188,15 @@ class UserSummary:
 
 
 @attrs.frozen(kw_only=True)
+class NodeRecord:
+    """A server process that shares this database, as its last heartbeat described it."""
+
+    node_id: str
+    shared_bus: bool  # False: it fans out only to its own sessions (the in-process bus)
+    expires_at: int
+
+
+@attrs.frozen(kw_only=True)
 class MigrationStatus:
     """Migrations by name, in the order they apply (``relay admin db status``)."""
 
@@ -232,6 +241,20 @@ class Store(Protocol):
 
     async def load_or_create_secrets(self) -> ServerSecrets:
         """The server's secrets, created on first call and the same ever after."""
+        ...
+
+    # --- nodes sharing the database (readiness) ---------------------------------------------------
+
+    async def heartbeat_node(self, node_id: str, *, shared_bus: bool, now_ms: int, ttl_ms: int) -> None:
+        """Record that ``node_id`` is alive until ``now_ms + ttl_ms`` (insert or renew)."""
+        ...
+
+    async def live_nodes(self, *, now_ms: int) -> list[NodeRecord]:
+        """The nodes whose heartbeat has not expired at ``now_ms``, in node id order."""
+        ...
+
+    async def forget_node(self, node_id: str) -> None:
+        """Remove ``node_id``'s heartbeat (a node shutting down). Idempotent."""
         ...
 
     # --- users and enrolment ---------------------------------------------------------------------

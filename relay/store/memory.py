@@ -53,6 +53,7 @@ from relay.store.base import (
     StoreStatistics,
     UserSummary,
 )
+from relay.store.memory_nodes import MemoryNodes
 from relay.store.memory_tables import StreamRow, Tables, TokenRow, UserRow
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ __all__ = ["MemoryStore"]
 
 
 @attrs.define(eq=False)
-class MemoryStore:
+class MemoryStore(MemoryNodes):
     """An in-memory :class:`relay.store.base.Store`.
 
     ``secrets`` fixes the server secrets (default: fresh random ones); ``id_factory`` makes user and

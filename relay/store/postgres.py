@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.protocol.messages import StoredEvent
+from relay.store import nodes_sql
 from relay.store import postgres_accounts_txn as accounts
 from relay.store import postgres_revocations_txn as revocations
 from relay.store import postgres_txn as txn
@@ -48,6 +49,7 @@ from relay.store.base import (
     IssuedToken,
     MigrationStatus,
     NewUser,
+    NodeRecord,
     RevocationEntry,
     ServerSecrets,
     StoreStatistics,
@@ -235,6 +237,27 @@ class PostgresStore:
         return await self._writer.run("delete_user", fn)
 
     # --- revocation log and nonces -----------------------------------------------------------------
+
+    # --- nodes sharing the database ------------------------------------------------------------------
+
+    async def heartbeat_node(self, node_id: str, *, shared_bus: bool, now_ms: int, ttl_ms: int) -> None:
+        fn = functools.partial(
+            nodes_sql.heartbeat_node_txn,
+            style="pyformat",
+            node_id=node_id,
+            shared_bus=shared_bus,
+            now_ms=now_ms,
+            expires_at=now_ms + ttl_ms,
+        )
+        await self._pool.run("heartbeat_node", fn, transaction=True)
+
+    async def live_nodes(self, *, now_ms: int) -> list[NodeRecord]:
+        fn = functools.partial(nodes_sql.live_nodes_txn, style="pyformat", now_ms=now_ms)
+        return await self._pool.run("live_nodes", fn, transaction=False)
+
+    async def forget_node(self, node_id: str) -> None:
+        fn = functools.partial(nodes_sql.forget_node_txn, style="pyformat", node_id=node_id)
+        await self._pool.run("forget_node", fn, transaction=False)
 
     async def latest_revocation(self) -> int:
         return await self._pool.run("latest_revocation", revocations.latest_revocation_txn, transaction=False)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from relay.protocol.messages import StoredEvent
+from relay.store import nodes_sql
 from relay.store import sqlite_accounts_txn as accounts
 from relay.store import sqlite_revocations_txn as revocations
 from relay.store import sqlite_txn as txn
@@ -48,6 +49,7 @@ from relay.store.base import (
     IssuedToken,
     MigrationStatus,
     NewUser,
+    NodeRecord,
     RevocationEntry,
     ServerSecrets,
     StoreStatistics,
@@ -238,6 +240,27 @@ class SqliteStore:
             token_secret=await self._token_secret(),
         )
         return await self._writer.submit("delete_user", fn)
+
+    # --- nodes sharing the database ------------------------------------------------------------------
+
+    async def heartbeat_node(self, node_id: str, *, shared_bus: bool, now_ms: int, ttl_ms: int) -> None:
+        fn = functools.partial(
+            nodes_sql.heartbeat_node_txn,
+            style="qmark",
+            node_id=node_id,
+            shared_bus=shared_bus,
+            now_ms=now_ms,
+            expires_at=now_ms + ttl_ms,
+        )
+        await self._writer.submit("heartbeat_node", fn)
+
+    async def live_nodes(self, *, now_ms: int) -> list[NodeRecord]:
+        fn = functools.partial(nodes_sql.live_nodes_txn, style="qmark", now_ms=now_ms)
+        return await self._readers.run("live_nodes", fn)
+
+    async def forget_node(self, node_id: str) -> None:
+        fn = functools.partial(nodes_sql.forget_node_txn, style="qmark", node_id=node_id)
+        await self._writer.submit("forget_node", fn)
 
     # --- revocation log and nonces -----------------------------------------------------------------
 

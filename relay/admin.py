@@ -17,19 +17,26 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TextIO
 
 import attrs
 import trio
 
+from relay.bus.base import Bus
 from relay.clock import Clock, SystemClock
 from relay.config import Settings
-from relay.errors import NameTaken, NotFound, StoreUnavailable
+from relay.errors import BusUnavailable, NameTaken, NotFound, StoreUnavailable
 from relay.protocol.names import device_name_key
 from relay.store.base import DeviceRecord, Store
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "NOT_AVAILABLE", "AdminRefused", "Output", "run_admin"]
+
+log = logging.getLogger("relay.admin")
+
+#: How long telling the running nodes through Redis may take before the command gives up on it.
+ANNOUNCE_TIMEOUT_S = 5.0
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -61,6 +68,23 @@ class Context:
     settings: Settings
     clock: Clock
     args: argparse.Namespace
+
+    async def announce(self, send: Callable[[Bus], Awaitable[None]]) -> None:
+        """Tell the running nodes at once through Redis, when it is configured (best effort: the store's
+        revocation log reaches them within a poll anyway; a rename notice without Redis reaches only
+        sessions that list their devices)."""
+        if self.settings.redis_url is None:
+            return
+        from relay.bus.redis import RedisBus
+
+        bus = RedisBus(self.settings.redis_url, heartbeat_ms=self.settings.heartbeat_ms, clock=self.clock)
+        try:
+            with trio.move_on_after(ANNOUNCE_TIMEOUT_S):
+                await send(bus)
+        except BusUnavailable as exc:
+            log.warning("could not tell the running nodes through Redis: %s", exc.detail or exc.message)
+        finally:
+            bus.close()
 
 
 Command = Callable[[Context], Awaitable[Output]]
@@ -186,6 +210,7 @@ async def user_delete(ctx: Context) -> Output:
         )
     except NotFound:
         raise AdminRefused(f"no user with id {user_id}", code="not_found") from None
+    await ctx.announce(lambda bus: bus.announce_user_deleted(user_id))
     counts = {"devices": deleted.devices, "streams": deleted.streams, "events": deleted.events}
     return Output(
         {"user_id": user_id, "deleted": counts},
@@ -205,6 +230,10 @@ async def device_revoke(ctx: Context) -> Output:
         raise AdminRefused(f"no device with id {device_id}", code="not_found") from None
     already = device.revoked_at is not None and device.revoked_at < now
     line = f"device {device_id} was already revoked" if already else f"revoked device {device_id}"
+    if not already:
+        await ctx.announce(
+            lambda bus: bus.announce_device(device.user_id, "revoked", device.device_id, device.name, now)
+        )
     return Output(
         {"device_id": device.device_id, "user_id": device.user_id, "revoked_at": device.revoked_at},
         [f"{line} at {device.revoked_at} ({_when(device.revoked_at)})"],
@@ -222,6 +251,10 @@ async def device_rename(ctx: Context) -> Output:
         raise AdminRefused(f"no device with id {device_id} that is not revoked", code="not_found") from None
     except NameTaken:
         raise AdminRefused(f"another device of the user is named {name!r}", code="name_taken") from None
+    renamed_at = ctx.clock.now_ms()
+    await ctx.announce(
+        lambda bus: bus.announce_device(device.user_id, "renamed", device.device_id, device.name, renamed_at)
+    )
     return Output(_device_json(device), [f"renamed device {device_id} to {device.name!r}"])
 
 
@@ -266,12 +299,6 @@ def _refusal_before_store(args: argparse.Namespace, settings: Settings) -> Admin
     if command in NOT_AVAILABLE or command not in COMMANDS:
         return AdminRefused(
             f"'relay admin {command}' is not available in this version of relay", code="not_available"
-        )
-    if settings.database_url is not None:
-        return AdminRefused(
-            "RELAY_DATABASE_URL is set, but PostgreSQL is not available in this version of relay "
-            "(unset it to use SQLite in RELAY_DATA_DIR)",
-            code="not_available",
         )
     return None
 

@@ -3,13 +3,16 @@
 :func:`create_app` builds the app; nothing runs until its lifespan starts (Hypercorn's, or
 ``app.test_app()`` in tests). Start-up, in order (:class:`Services`):
 
-1. open the store when the app opens its own (SQLite in the data dir) and apply pending migrations
-   (under the store's lock, so nodes starting together are safe);
+1. open the store when the app opens its own (PostgreSQL at ``RELAY_DATABASE_URL``, else SQLite in
+   the data dir) and apply pending migrations (under the store's lock, so nodes starting together are
+   safe);
 2. load the server's secrets, creating them on the first start;
 3. build the gateway and install its ASGI wrapper in front of Quart (``app.asgi_app``), so that the
    WebSocket scope of ``/v1/ws`` is served raw, without Quart's per-message machinery;
-4. start the bus, the gateway (its ``heads`` ticker) and the purge of expired rows, in one cancel
-   scope of the app's nursery.
+4. start this node's heartbeat in the store's registry, the bus (Redis at ``RELAY_REDIS_URL``, else
+   in-process), the gateway (its ``heads`` ticker and revocation watcher) and the purge of expired
+   rows, in one cancel scope of the app's nursery. The store and the bus sit behind circuit breakers
+   (:mod:`relay.ops.breaker`); ``/readyz`` checks them (:mod:`relay.ops.readiness`).
 
 A store that cannot be reached stops the start-up with :class:`StartupFailed` (one line for the
 operator). When the server is asked to stop, :meth:`Services.begin_drain` starts the gateway's
@@ -20,8 +23,9 @@ is :mod:`relay.serving`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
 from typing import Any
 
 import attrs
@@ -34,13 +38,17 @@ from relay.clock import Clock, SystemClock
 from relay.config import Settings
 from relay.errors import StoreUnavailable
 from relay.gateway import Gateway
+from relay.gateway.admission import HANDSHAKE_BURST, HANDSHAKE_RATE_PER_S
 from relay.http import devices, enroll, health, pairings, server, user
 from relay.http.cors import install_cors
 from relay.http.errors import install_error_handling
+from relay.http.limits import ADDRESS_LIMIT, DEVICE_LIMIT, HttpLimits
 from relay.http.observe import install_observation
 from relay.http.runtime import EXTENSION, Runtime
 from relay.ops.breaker import BreakerState, CircuitBreaker, guard
+from relay.ops.ratelimit import Limiter, RateLimit
 from relay.ops.readiness import Readiness
+from relay.purge import PURGE_BATCH, PURGE_INTERVAL_S, purge_expired_events
 from relay.store.base import Store
 
 __all__ = [
@@ -56,10 +64,11 @@ __all__ = [
 
 log = logging.getLogger("relay")
 
-#: How often expired events are purged, in seconds of trio's clock.
-PURGE_INTERVAL_S = 60
-#: Events deleted per purge transaction: short transactions, so publishes never wait long behind one.
-PURGE_BATCH = 1000
+#: How often a node records its heartbeat in the store's registry, and how long one lasts.
+NODE_HEARTBEAT_S = 5.0
+NODE_TTL_MS = 15_000
+#: How long a stopping node tries to remove its heartbeat (it expires by itself otherwise).
+NODE_FORGET_TIMEOUT_S = 2.0
 #: Store methods left outside the circuit breaker: closing must always happen.
 STORE_UNGUARDED = frozenset({"close"})
 #: Bus methods left outside it: the background task, and leaving (presence must always be withdrawn).
@@ -71,15 +80,41 @@ class StartupFailed(Exception):
 
 
 async def open_default_store(settings: Settings) -> Store:
-    """Open the store ``settings`` ask for: SQLite in ``settings.data_dir`` (created if needed).
+    """Open the store ``settings`` ask for: PostgreSQL at ``RELAY_DATABASE_URL``, else SQLite in
+    ``settings.data_dir`` (created if needed). Raises :class:`relay.errors.StoreUnavailable` when the
+    database cannot be opened."""
+    if settings.database_url is not None:
+        from relay.store.postgres import PostgresStore
 
-    PostgreSQL (``RELAY_DATABASE_URL``) is not available in this version; :mod:`relay.cli` refuses to
-    start with it set, so that data never lands in SQLite by mistake. Raises
-    :class:`relay.errors.StoreUnavailable` when the database cannot be opened.
-    """
+        return await PostgresStore.open(settings.database_url)
     from relay.store.sqlite import SqliteStore
 
     return await SqliteStore.open(settings.data_dir)
+
+
+def default_bus(settings: Settings, clock: Clock, node_id: str) -> Bus:
+    """The bus ``settings`` ask for: Redis at ``RELAY_REDIS_URL``, else the in-process bus."""
+    if settings.redis_url is not None:
+        from relay.bus.redis import RedisBus
+
+        return RedisBus(settings.redis_url, node_id=node_id, heartbeat_ms=settings.heartbeat_ms, clock=clock)
+    return LocalBus()
+
+
+def shared_limits(settings: Settings) -> tuple[HttpLimits, Limiter | None]:
+    """The HTTP limits and the handshake limiter: shared through Redis when it is configured."""
+    if settings.redis_url is None:
+        return HttpLimits(), None
+    from relay.bus.redis_commands import Commands
+    from relay.ops.ratelimit_redis import RedisLimiter
+
+    commands = Commands.from_url(settings.redis_url, client_name="relay-limits")
+    limits = HttpLimits(
+        address=RedisLimiter(commands, "http_address", ADDRESS_LIMIT),
+        device=RedisLimiter(commands, "http_device", DEVICE_LIMIT),
+    )
+    handshake = RedisLimiter(commands, "handshake", RateLimit(HANDSHAKE_RATE_PER_S, HANDSHAKE_BURST))
+    return limits, handshake
 
 
 def create_app(
@@ -92,11 +127,15 @@ def create_app(
     the system clock; the in-process bus). The app owns its store, given or opened, and closes it on
     shutdown.
     """
+    clock = clock if clock is not None else SystemClock()
+    node_id = str(uuid.uuid4())
+    limits, handshake_limiter = shared_limits(settings)
     runtime = Runtime(
         settings=settings,
         store=store,
-        clock=clock if clock is not None else SystemClock(),
-        bus=bus if bus is not None else LocalBus(),
+        clock=clock,
+        bus=bus if bus is not None else default_bus(settings, clock, node_id),
+        limits=limits,
     )
     app = RelayApp("relay")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_frame_bytes
@@ -107,7 +146,7 @@ def create_app(
     install_cors(app, settings)
     for module in (server, health, enroll, pairings, devices, user):
         app.register_blueprint(module.blueprint)
-    app.services = Services(app=app, runtime=runtime)
+    app.services = Services(app=app, runtime=runtime, node_id=node_id, handshake_limiter=handshake_limiter)
     return app
 
 
@@ -151,6 +190,9 @@ class Services:
 
     app: RelayApp
     runtime: Runtime
+    #: This process's id among the nodes sharing the database (the bus's node id too).
+    node_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+    handshake_limiter: Limiter | None = None
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
@@ -182,9 +224,44 @@ class Services:
         self._plain_asgi = self.app.asgi_app
         self.app.asgi_app = gateway.wrap_asgi(self._plain_asgi)  # type: ignore[method-assign,assignment]
         self.gateway = gateway
-        runtime.readiness = Readiness(store=runtime.store, bus=runtime.bus, draining=lambda: gateway.draining)
+        runtime.readiness = Readiness(
+            store=runtime.store,
+            bus=runtime.bus,
+            draining=lambda: gateway.draining,
+            lonely_local_bus=None if self._shared_bus else self._another_node_shares_the_database,
+        )
         await self.app.nursery.start(self._run, gateway)
         self.started = True
+
+    @property
+    def _shared_bus(self) -> bool:
+        return self.runtime.settings.redis_url is not None
+
+    async def _another_node_shares_the_database(self) -> bool:
+        """True when another live node uses this database (and this one has only the local bus)."""
+        nodes = await self.runtime.store.live_nodes(now_ms=self.runtime.clock.now_ms())
+        return any(node.node_id != self.node_id for node in nodes)
+
+    async def _heartbeat(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Record this node in the store's registry every :data:`NODE_HEARTBEAT_S` (until cancelled);
+        a failure is logged and retried. The row goes when the node stops (:meth:`stop`)."""
+        runtime = self.runtime
+        task_status.started()
+        failing = False
+        while True:
+            try:
+                await runtime.store.heartbeat_node(
+                    self.node_id,
+                    shared_bus=self._shared_bus,
+                    now_ms=runtime.clock.now_ms(),
+                    ttl_ms=NODE_TTL_MS,
+                )
+                failing = False
+            except StoreUnavailable as exc:
+                if not failing:
+                    log.warning("cannot record this node's heartbeat: %s", exc.detail or exc.message)
+                failing = True
+            await trio.sleep(NODE_HEARTBEAT_S)
 
     def _install_breakers(self) -> None:
         """Put the store and the bus behind circuit breakers (:mod:`relay.ops.breaker`), reported in
@@ -226,7 +303,10 @@ class Services:
                 self._scope = scope
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    await nursery.start(runtime.bus.run)
+                    await nursery.start(self._heartbeat)
+                    # Not awaited: a bus that cannot reach Redis yet must not keep the node from
+                    # serving; until it delivers, handshakes close 1013 and /readyz answers 503.
+                    nursery.start_soon(runtime.bus.run)
                     await nursery.start(gateway.run)
                     await nursery.start(purge_expired_events, runtime.store, runtime.clock, runtime.settings)
                     task_status.started()
@@ -242,6 +322,8 @@ class Services:
             clock=runtime.clock,
             server_key=runtime.server_key,
             token_secret=runtime.token_secret,
+            metrics=runtime.metrics,
+            handshake_limiter=self.handshake_limiter,
         )
 
     async def stop(self) -> None:
@@ -255,66 +337,7 @@ class Services:
         if self._plain_asgi is not None:
             self.app.asgi_app = self._plain_asgi  # type: ignore[method-assign]
         if self.runtime.has_store:
+            # Its heartbeat would expire by itself; removing it tells the other nodes at once.
+            with trio.move_on_after(NODE_FORGET_TIMEOUT_S), contextlib.suppress(StoreUnavailable):
+                await self.runtime.store.forget_node(self.node_id)
             await self.runtime.store.close()
-
-
-async def purge_expired_events(
-    store: Store,
-    clock: Clock,
-    settings: Settings,
-    *,
-    interval_s: float = PURGE_INTERVAL_S,
-    batch: int = PURGE_BATCH,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Every ``interval_s``, delete expired events, then housekeeping rows, in transactions of ``batch``.
-
-    Housekeeping (:meth:`Store.purge_housekeeping`) forgets expired nonces, expired memories of deleted
-    devices, old revocation log entries and long-expired tokens. Each is repeated while a transaction
-    deleted a whole ``batch``. Runs until cancelled. A store that is unavailable (or any other failure,
-    logged) is tried again at the next interval, and a failing event purge does not keep the
-    housekeeping from running; heads never decrease (the store keeps them).
-    """
-    task_status.started()
-    while True:
-        await trio.sleep(interval_s)
-        events = await _purge_in_batches(
-            "expired events",
-            lambda: store.purge_expired(
-                now_ms=clock.now_ms(), clock_skew_ms=settings.clock_skew_ms, batch=batch
-            ),
-            batch=batch,
-            interval_s=interval_s,
-        )
-        if events:
-            log.info("purged %d expired events", events)
-        rows = await _purge_in_batches(
-            "housekeeping rows",
-            lambda: store.purge_housekeeping(now_ms=clock.now_ms(), batch=batch),
-            batch=batch,
-            interval_s=interval_s,
-        )
-        if rows:
-            log.debug("forgot %d housekeeping rows (nonces, deleted devices, log entries, tokens)", rows)
-
-
-async def _purge_in_batches(
-    what: str, purge: Callable[[], Awaitable[int]], *, batch: int, interval_s: float
-) -> int:
-    """Call ``purge`` while it deletes a whole ``batch``; how many rows went. Failures are logged only."""
-    total = 0
-    try:
-        while True:
-            deleted = await purge()
-            total += deleted
-            if deleted < batch:
-                break
-            await trio.lowlevel.checkpoint()  # let other work in between batches
-    except StoreUnavailable as exc:
-        log.warning("purge of %s postponed: %s", what, exc.detail or exc.message)
-    except Exception:
-        # A bug here must not stop the server: expired events are never served anyway (every read
-        # filters them), expired nonces and memories are never trusted; they only take room until a
-        # later purge succeeds.
-        log.exception("purge of %s failed; trying again in %s s", what, interval_s)
-    return total

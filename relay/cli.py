@@ -202,14 +202,6 @@ def _serve(settings: Settings) -> int:
     if settings.workers > 1:
         log.error("--workers %d: more than one worker is not available in this version", settings.workers)
         return EXIT_REFUSED
-    if settings.database_url is not None:
-        log.error(
-            "RELAY_DATABASE_URL is set, but PostgreSQL is not available in this version "
-            "(unset it to use SQLite in RELAY_DATA_DIR)"
-        )
-        return EXIT_REFUSED
-    if settings.redis_url is not None:
-        log.warning("RELAY_REDIS_URL: not used by this version, which runs one node with an in-process bus")
     failure: str | None = None
     try:
         trio.run(serve_until_signalled, settings)

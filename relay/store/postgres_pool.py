@@ -66,7 +66,9 @@ MIN_SERVER_VERSION = 120000
 
 def store_unavailable(exc: psycopg.Error, what: str) -> StoreUnavailable:
     """``StoreUnavailable`` caused by ``exc``, as ``raise … from exc`` would make it."""
-    error = StoreUnavailable(detail=f"{what}: {type(exc).__name__}: {exc}".strip())
+    # libpq's messages run over several lines (a hint on the second): the detail is one line.
+    text = " ".join(str(exc).split())
+    error = StoreUnavailable(detail=f"{what}: {type(exc).__name__}: {text}".strip())
     error.__cause__ = exc
     error.__suppress_context__ = True
     return error

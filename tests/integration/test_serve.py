@@ -462,22 +462,25 @@ def test_main_serve_on_a_busy_port_returns_1(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        environ = {"RELAY_DATA_DIR": str(tmp_path), "RELAY_REDIS_URL": "redis://cache"}
+        environ = {"RELAY_DATA_DIR": str(tmp_path)}
         status = main(["serve", "--port", str(port)], environ=environ, stderr=err)
     assert status == 1
-    assert "RELAY_REDIS_URL: not used by this version" in err.getvalue()
     assert last_message(err.getvalue().splitlines()).endswith(
         f"cannot listen on 127.0.0.1 port {port}: Address already in use"
     )
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_main_serve_with_a_postgresql_url_refuses_rather_than_using_sqlite(tmp_path: Path) -> None:
+def test_main_serve_with_an_unreachable_postgresql_exits_1_rather_than_using_sqlite(tmp_path: Path) -> None:
     err = io.StringIO()
-    environ = {"RELAY_DATA_DIR": str(tmp_path), "RELAY_DATABASE_URL": "postgresql://db/relay"}
+    environ = {
+        "RELAY_DATA_DIR": str(tmp_path),
+        "RELAY_DATABASE_URL": "postgresql://relay:hunter2@127.0.0.1:9/x",
+    }
     status = main(["serve", "--port", "0"], environ=environ, stderr=err)
     assert status == 1
-    assert "RELAY_DATABASE_URL is set, but PostgreSQL is not available" in err.getvalue().splitlines()[-1]
+    assert last_message(err.getvalue().splitlines()).startswith("cannot start: the database is unavailable: ")
+    assert "hunter2" not in err.getvalue()
     assert not (tmp_path / "relay.sqlite3").exists()
 
 

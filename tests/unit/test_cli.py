@@ -273,11 +273,27 @@ def test_an_unusable_data_dir_is_refused_with_one_line(tmp_path: Path) -> None:
     assert err.startswith("relay: the database is unavailable: ")
 
 
-def test_a_postgresql_url_is_refused_rather_than_writing_to_sqlite(data_env: dict[str, str]) -> None:
-    environ = data_env | {"RELAY_DATABASE_URL": "postgresql://db/relay"}
+def test_an_unreachable_postgresql_is_refused_rather_than_writing_to_sqlite(data_env: dict[str, str]) -> None:
+    environ = data_env | {"RELAY_DATABASE_URL": "postgresql://relay:hunter2@127.0.0.1:9/relay"}
     status, out, err = run(["admin", "user", "create"], environ)
     assert (status, out) == (1, "")
-    assert "PostgreSQL is not available in this version" in err
+    assert err.startswith("relay: the database is unavailable: ")
+    assert err.count("\n") == 1
+    assert "hunter2" not in err
+    assert not Path(data_env["RELAY_DATA_DIR"]).exists()
+
+
+@pytest.mark.postgres
+def test_admin_commands_run_on_postgresql_when_it_is_configured(
+    postgres_url: str, data_env: dict[str, str]
+) -> None:
+    environ = data_env | {"RELAY_DATABASE_URL": postgres_url}
+    status, out, err = run(["admin", "user", "create", "--json"], environ)
+    assert (status, err) == (0, ""), err
+    user_id = json.loads(out)["user_id"]
+    listed = json.loads(run(["admin", "user", "list", "--json"], environ)[1])
+    assert {"user_id": user_id} in listed["users"]
+    assert run(["admin", "user", "delete", user_id, "--yes"], environ)[0] == 0
     assert not Path(data_env["RELAY_DATA_DIR"]).exists()
 
 

@@ -193,3 +193,26 @@ async def test_acked_events_survive_a_restart_and_seq_continues(tmp_path: Path) 
     assert next_ack.seq == 11
     assert duplicate.duplicate is True
     assert (duplicate.seq, duplicate.received_at) == (1, acked[0].received_at)
+
+
+async def test_two_nodes_on_one_database_without_a_shared_bus_are_not_ready(tmp_path: Path) -> None:
+    import httpx
+
+    async def readyz(node: LiveServer) -> httpx.Response:
+        async with httpx.AsyncClient(headers={"Connection": "close"}) as http:
+            return await http.get(f"{node.url}/readyz")
+
+    data = tmp_path / "data"
+    with trio.fail_after(CAP_S):
+        async with running_server(data) as first:
+            alone = await readyz(first)
+            async with running_server(data) as second:
+                await trio.sleep(0.6)  # past the first node's cached answer
+                both = [await readyz(node) for node in (first, second)]
+            await trio.sleep(0.6)
+            again = await readyz(first)  # the second one said goodbye
+    assert alone.status_code == 200
+    assert [answer.status_code for answer in both] == [503, 503]
+    clusters = {answer.json()["components"]["cluster"] for answer in both}
+    assert clusters == {"shared_database_without_shared_bus"}
+    assert again.status_code == 200

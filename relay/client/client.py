@@ -46,7 +46,7 @@ from relay.client.credentials import DeviceCredentials
 from relay.client.errors import ClientError, ConnectionLost
 from relay.client.ordering import StreamOrder
 from relay.clock import Clock, SystemClock
-from relay.errors import RateLimited, RelayError, Unauthorized, Unavailable
+from relay.errors import RateLimited, RelayError, SessionError, Unauthorized, Unavailable
 from relay.protocol import messages
 from relay.protocol.messages import JsonValue
 
@@ -427,8 +427,11 @@ class RelayClient:
         async def answer() -> None:
             try:
                 out.finish(ack=await waiter())
-            except ConnectionLost:
-                out.generation = None  # the next session sends it again
+            except (ConnectionLost, SessionError):
+                # The session ended (its closing error may name this publish: bus_lost after the
+                # commit, going_away...): the event may or may not be stored, so the next session sends
+                # it again with the same id; a close that forbids reconnecting fails it instead.
+                out.generation = None
             except (RateLimited, Unavailable) as exc:
                 retry_ms = exc.fields.get("retry_after_ms")
                 await trio.sleep(retry_ms / 1000 if isinstance(retry_ms, int) else DEFAULT_RETRY_S)

@@ -54,8 +54,11 @@ PgConnection = psycopg.Connection[TupleRow]
 
 #: How long opening a connection may take (seconds; ``connect_timeout``, unless the URL sets one).
 CONNECT_TIMEOUT_S = 5
-#: How long a worker waits for the pool to replace a broken connection (seconds).
-GETCONN_TIMEOUT_S = 5.0
+#: How long a worker waits for the pool to replace a broken connection (seconds). Callers never wait
+#: here for a connection another caller holds (the capacity limiter is the pool's size), so a wait here
+#: means the server is gone or slow to accept: fail soon, so that publishes answer ``unavailable``
+#: quickly instead of hanging (and the circuit breaker opens after a few such failures).
+GETCONN_TIMEOUT_S = 1.0
 #: How long a cancel request may take to reach the server (seconds).
 CANCEL_TIMEOUT_S = 5.0
 #: How long a cancelled caller waits for its worker to hand the connection back (seconds).

@@ -280,3 +280,34 @@ async def test_the_client_reconnects_after_every_close_but_those_that_forbid_it(
                 with pytest.raises(ConnectionLost):
                     await client.publish("s", 1)
     assert script.opened == (2 if reconnects else 1)
+
+
+async def test_a_publish_answered_by_the_error_that_ends_its_session_is_sent_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from relay.errors import BusLost
+
+    def bus_lost(msg: messages.Publish) -> messages.Ack:
+        raise BusLost()
+
+    def ack(msg: messages.Publish) -> messages.Ack:
+        return messages.Ack(id=msg.id, stream=msg.stream, seq=1, received_at=5, expires_at=9, duplicate=True)
+
+    first = FakeConnection(welcome({}), {}, answer=bus_lost)
+    second = FakeConnection(welcome({}), {}, answer=ack)
+    script = Script([first, second])
+    client = RelayClient(CREDS, connector=script.connect, backoff=Backoff(first_s=1, max_s=1), receive=False)
+    acks: list[messages.Ack] = []
+    async with running(client):
+        with trio.fail_after(CAP_S):
+            async with trio.open_nursery() as nursery:
+
+                async def publish() -> None:
+                    acks.append(await client.publish("notes", 1))
+
+                nursery.start_soon(publish)
+                await first.sent.wait()
+                await trio.sleep(0.1)
+                first.drop(4008, "bus_lost")
+    assert [a.duplicate for a in acks] == [True]
+    assert first.published[0].id == second.published[0].id

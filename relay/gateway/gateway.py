@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qsl
 
+import attrs
 import trio
 
 from relay.bus.base import Bus
@@ -38,7 +39,18 @@ from relay.ops.ratelimit import Limiter
 from relay.protocol.paths import bad_request
 from relay.store.base import Store
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "GatewayStatistics"]
+
+
+@attrs.frozen
+class GatewayStatistics:
+    """``sessions``: live ones (handshakes included); ``closing``: of those, the ones whose close has
+    been decided but not yet completed (a slow consumer whose last frames are still being sent)."""
+
+    sessions: int
+    closing: int
+    draining: bool
+
 
 log = logging.getLogger("relay.gateway")
 
@@ -110,6 +122,11 @@ class Gateway:
     def session_count(self) -> int:
         """Live sessions on this node (handshakes included)."""
         return len(self._sessions)
+
+    def statistics(self) -> GatewayStatistics:
+        """A snapshot of this node's sessions (trio's ``statistics()`` convention)."""
+        closing = sum(1 for session in self._sessions if session.closing)
+        return GatewayStatistics(sessions=len(self._sessions), closing=closing, draining=self._draining)
 
     @property
     def draining(self) -> bool:

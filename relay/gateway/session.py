@@ -33,6 +33,7 @@ sent it, is timed from the moment the revocation reached the session (``bus`` th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -41,7 +42,7 @@ import attrs
 import trio
 
 from relay.errors import AccountDeleted, DeviceRevoked, InternalError, RelayError, SessionError, SlowConsumer
-from relay.gateway.asgi import AsgiWebSocket
+from relay.gateway.asgi import AsgiWebSocket, Disconnected
 from relay.gateway.context import GatewayContext
 from relay.gateway.fitting import heads_frames
 from relay.gateway.inbound import PeerGone, receive_object
@@ -285,9 +286,7 @@ class Session:
 
     def _revocation_closed(self) -> None:
         """(The writer, once the close of the revocation is sent.) Time it since the node learned."""
-        self.ctx.instruments.revocation_closed(
-            self._revocation_path, trio.current_time() - self._revoked_at
-        )
+        self.ctx.instruments.revocation_closed(self._revocation_path, trio.current_time() - self._revoked_at)
 
     # --- running --------------------------------------------------------------------------------------
 
@@ -302,6 +301,20 @@ class Session:
                 finally:  # also when the server cancels everything: then the writer just stops
                     self.outbox.finish(self._final())
                     await self._leave()
+            if self._final().frame is not None:
+                await self._drain_until_disconnected()
+
+    async def _drain_until_disconnected(self) -> None:
+        """After our close frame: read and drop what the peer still sends until its close arrives.
+
+        A client blocked sending (its publishes queued behind a reader that stopped, during a drain)
+        can answer our close only once those bytes are read; without this the connection would linger
+        until the server's own shutdown bound. Bounded by the session's close deadline (set by
+        :meth:`close`).
+        """
+        with contextlib.suppress(Exception):
+            while not isinstance(await self.ws.receive(), Disconnected):
+                pass
 
     async def _contain(self, work: Callable[[Session], Awaitable[None]]) -> None:
         """Run ``work`` in the work scope; whatever ends it becomes the close request."""

@@ -88,6 +88,7 @@ class Client:
         self._to_server, self._server_receives = trio.open_memory_channel[dict[str, Any]](0)
         self._server_sends, self._from_server = trio.open_memory_channel[dict[str, Any]](buffer)
         self.ended = trio.Event()
+        self._closed_by_server: int | None = None
         self.accepted: dict[str, Any] | None = None
         self.welcome: dict[str, Any] | None = None
         self.challenge: dict[str, Any] | None = None
@@ -102,9 +103,22 @@ class Client:
 
     async def _serve(self) -> None:
         try:
-            await self.app(self.scope, self._server_receives.receive, self._server_sends.send)
+            await self.app(self.scope, self._receive_for_server, self._send_from_server)
         finally:
             self.ended.set()
+
+    async def _send_from_server(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "websocket.close":
+            self._closed_by_server = message.get("code", 1000)
+        await self._server_sends.send(message)
+
+    async def _receive_for_server(self) -> dict[str, Any]:
+        # Once the server has sent its close, this peer answers it at once, as a real one does: the
+        # server (Hypercorn) then hands the app ``websocket.disconnect``.
+        if self._closed_by_server is not None:
+            await trio.lowlevel.checkpoint()
+            return {"type": "websocket.disconnect", "code": self._closed_by_server}
+        return await self._server_receives.receive()
 
     async def _put(self, message: dict[str, Any]) -> None:
         with trio.fail_after(CAP_S):

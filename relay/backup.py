@@ -6,6 +6,8 @@ A backup is one tar file (mode 0600: it holds the server's secrets) of::
     relay.sqlite3     SQLite: the database, copied online (SQLite's backup API), one consistent snapshot
     server.key        SQLite: the server's Ed25519 seed; without it every device's pinned key breaks
     token.secret      SQLite: the secret keying tokens and hashes
+    relay.pgdump      PostgreSQL: ``pg_dump --format=custom`` of the database (its secrets are in it),
+                      taken from the same snapshot the manifest describes (:mod:`relay.backup_postgres`)
 
 The manifest records the format, the kind of store, relay's version, when it was taken, the migrations
 applied, the rows of every table, and for the :data:`CHECKED_STREAMS` most recently written streams
@@ -38,6 +40,7 @@ import trio
 from relay import __version__
 from relay.config import ConfigError, Settings
 from relay.errors import StoreUnavailable
+from relay.protocol.messages import StoredEvent
 from relay.store import backup_sqlite
 from relay.store.base import Store
 from relay.store.secret_files import SERVER_KEY_FILE, TOKEN_SECRET_FILE
@@ -90,6 +93,27 @@ class ProgressBar:
 # --- what a manifest checks ---------------------------------------------------------------------------
 
 
+def _digest_update(digest: Any, events: Sequence[StoredEvent]) -> None:
+    for event in events:
+        line = [
+            event.seq,
+            event.id,
+            event.device_id,
+            event.ts,
+            event.received_at,
+            event.expires_at,
+            event.body,
+        ]
+        digest.update(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+
+
+def events_digest(events: Sequence[StoredEvent]) -> tuple[int, str]:
+    """The count and SHA-256 of ``events`` (in seq order), exactly as :func:`stream_digest` makes them."""
+    digest = hashlib.sha256()
+    _digest_update(digest, events)
+    return len(events), digest.hexdigest()
+
+
 async def stream_digest(
     store: Store, user_id: str, stream: str, head: int, *, now_ms: int
 ) -> tuple[int, str]:
@@ -103,17 +127,7 @@ async def stream_digest(
         )
         if not events:
             break
-        for event in events:
-            line = [
-                event.seq,
-                event.id,
-                event.device_id,
-                event.ts,
-                event.received_at,
-                event.expires_at,
-                event.body,
-            ]
-            digest.update(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        _digest_update(digest, events)
         count += len(events)
         after = events[-1].seq
     return count, digest.hexdigest()
@@ -283,23 +297,41 @@ async def _backup(settings: Settings, args: argparse.Namespace, out: TextIO, err
     target: Path = args.target
     if await trio.Path(target).exists() and not args.force:
         raise BackupRefused(f"{target} exists already (--force to replace it)")
-    _refuse_postgres(settings)
-    manifest = await _backup_sqlite(settings, target, err)
+    if settings.database_url is not None:
+        from relay.backup_postgres import backup_postgres
+
+        manifest = await backup_postgres(settings.database_url, target, err)
+    else:
+        manifest = await _backup_sqlite(settings, target, err)
     rows = sum(manifest["tables"].values())
     print(f"backed up {rows} rows of {len(manifest['tables'])} tables to {target}", file=out)
 
 
 async def _restore(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
-    _refuse_postgres(settings)
-    manifest = await trio.to_thread.run_sync(_restore_sqlite, args.backup, settings.data_dir)
-    print(f"restored the backup of {manifest['created_at']} into {settings.data_dir}", file=out)
+    if settings.database_url is not None:
+        from relay.backup_postgres import restore_postgres
+
+        manifest = await restore_postgres(args.backup, settings.database_url, err)
+        where = "the database of RELAY_DATABASE_URL"
+    else:
+        manifest = await trio.to_thread.run_sync(_restore_sqlite, args.backup, settings.data_dir)
+        where = str(settings.data_dir)
+    print(f"restored the backup of {manifest['created_at']} into {where}", file=out)
 
 
 async def _verify(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     kind = _peek_kind(args.backup)
-    if kind != "sqlite":
-        raise BackupRefused(f"{args.backup} is a backup of {kind}, which this version cannot verify")
-    problems = await _verify_sqlite(args.backup)
+    if kind == "postgres":
+        from relay.backup_postgres import verify_postgres
+
+        server = args.scratch_url or settings.database_url
+        if server is None:
+            raise BackupRefused("verifying a PostgreSQL backup needs --scratch-url or RELAY_DATABASE_URL")
+        problems = await verify_postgres(args.backup, server, err)
+    elif kind == "sqlite":
+        problems = await _verify_sqlite(args.backup)
+    else:
+        raise BackupRefused(f"{args.backup} is a backup of {kind!r}, which this version does not know")
     if problems:
         for problem in problems:
             print(f"relay: {problem}", file=err)
@@ -337,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("backup", type=Path, metavar="FILE")
     verify = commands.add_parser("verify", help="restore into a fresh database and check it")
     verify.add_argument("backup", type=Path, metavar="FILE")
+    verify.add_argument(
+        "--scratch-url",
+        metavar="URL",
+        help="PostgreSQL: the server to restore into a scratch database (default: RELAY_DATABASE_URL's)",
+    )
     return parser
 
 

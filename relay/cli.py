@@ -11,6 +11,7 @@ warning.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -94,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port to listen on (default 8080; 0 picks a free one)")
-    serve.add_argument("--workers", type=_workers, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=_workers, help="worker processes (default 1; needs RELAY_REDIS_URL)")
+    # Internal: how `--workers` hands each worker process the listening sockets it inherited.
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
 
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -162,7 +166,10 @@ def _configure_logging(stream: TextIO, level: int) -> None:
 
 
 async def serve_until_signalled(
-    settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    settings: Settings,
+    *,
+    fds: tuple[int, ...] = (),
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully. A second signal stops at once."""
     from relay.serving import serve
@@ -181,7 +188,7 @@ async def serve_until_signalled(
                     stop.set()
 
             async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-                await serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
+                await serve(settings, shutdown_trigger=stop.wait, fds=fds, task_status=task_status)
                 nursery.cancel_scope.cancel()  # the server is done: stop watching signals
 
             nursery.start_soon(watch_signals)
@@ -196,15 +203,16 @@ def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
     return first
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, fds: tuple[int, ...] = ()) -> int:
     from relay.app import StartupFailed
 
-    if settings.workers > 1:
-        log.error("--workers %d: more than one worker is not available in this version", settings.workers)
-        return EXIT_REFUSED
+    if settings.workers > 1 and not fds:
+        from relay.workers import run_workers
+
+        return run_workers(settings)
     failure: str | None = None
     try:
-        trio.run(serve_until_signalled, settings)
+        trio.run(functools.partial(serve_until_signalled, settings, fds=fds))
     except* StartupFailed as group:
         failure = f"cannot start: {_first(group)}"
     except* OSError as group:
@@ -259,5 +267,6 @@ def main(
             json_lines=settings.log_format == "json",
             production=settings.production,
         )
-        return _serve(settings)
+        fds = tuple(fd for fd in (args.listen_fd, args.metrics_fd) if fd is not None)
+        return _serve(settings, fds)
     return _admin(args, settings, stdout=out, stderr=err)

@@ -118,14 +118,17 @@ def contain_connection_errors() -> bool:
     return True
 
 
-def hypercorn_config(settings: Settings) -> Config:
+def hypercorn_config(settings: Settings, fds: tuple[int, ...] = ()) -> Config:
     """Hypercorn's configuration for ``settings``: the bind (and ``RELAY_METRICS_BIND``), our logging,
-    the drain bound."""
+    the drain bound. ``fds``: listening sockets inherited from ``relay serve --workers`` instead."""
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    if settings.metrics_bind is not None:
-        config.bind.append(settings.metrics_bind)
+    if fds:
+        config.bind = [f"fd://{fd}" for fd in fds]
+    else:
+        config.bind = [f"{host}:{settings.port}"]
+        if settings.metrics_bind is not None:
+            config.bind.append(settings.metrics_bind)
     config.graceful_timeout = settings.drain_timeout_ms / 1000 + DRAIN_MARGIN_S
     config.websocket_max_message_size = WEBSOCKET_MESSAGE_FACTOR * settings.max_frame_bytes
     config.include_server_header = False
@@ -172,6 +175,7 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     app: RelayApp | None = None,
+    fds: tuple[int, ...] = (),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (default: :func:`relay.app.create_app` of ``settings``) until ``shutdown_trigger``
@@ -183,7 +187,7 @@ async def serve(
     start :class:`StartupFailed`, both before ``started`` (inside an exception group).
     """
     contain_connection_errors()
-    config = hypercorn_config(settings)
+    config = hypercorn_config(settings, fds)
 
     served = app if app is not None else create_app(settings)
 

@@ -347,10 +347,17 @@ def test_serve_with_several_workers_needs_redis() -> None:
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_serve_with_several_workers_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    status, _, err = run(["serve", "--workers", "2"], {"RELAY_REDIS_URL": "redis://cache"})
+def test_serve_with_several_workers_on_a_busy_port_exits_1_before_starting_any(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        environ = {"RELAY_REDIS_URL": "redis://127.0.0.1:9/0", "RELAY_DATA_DIR": str(tmp_path)}
+        status, _, err = run(["serve", "--workers", "2", "--port", str(port)], environ)
     assert status == 1
-    assert "more than one worker is not available in this version" in err
+    assert f"cannot listen on 127.0.0.1 port {port}" in err
 
 
 def test_the_parser_knows_every_command_of_section_8() -> None:

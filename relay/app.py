@@ -38,15 +38,14 @@ from relay.clock import Clock, SystemClock
 from relay.config import Settings
 from relay.errors import StoreUnavailable
 from relay.gateway import Gateway
-from relay.gateway.admission import HANDSHAKE_BURST, HANDSHAKE_RATE_PER_S
-from relay.http import devices, enroll, health, pairings, server, user
+from relay.http import devices, enroll, health, openapi, pairings, server, user
 from relay.http.cors import install_cors
 from relay.http.errors import install_error_handling
 from relay.http.limits import ADDRESS_LIMIT, DEVICE_LIMIT, HttpLimits
 from relay.http.observe import install_observation
 from relay.http.runtime import EXTENSION, Runtime
 from relay.ops.breaker import BreakerState, CircuitBreaker, guard
-from relay.ops.ratelimit import Limiter, RateLimit
+from relay.ops.ratelimit import Limiter, LocalLimiter, RateLimit
 from relay.ops.readiness import Readiness
 from relay.purge import PURGE_BATCH, PURGE_INTERVAL_S, purge_expired_events
 from relay.store.base import Store
@@ -104,7 +103,8 @@ def default_bus(settings: Settings, clock: Clock, node_id: str) -> Bus:
 def shared_limits(settings: Settings) -> tuple[HttpLimits, Limiter | None]:
     """The HTTP limits and the handshake limiter: shared through Redis when it is configured."""
     if settings.redis_url is None:
-        return HttpLimits(), None
+        local = LocalLimiter(RateLimit(settings.handshake_rate, settings.handshake_burst))
+        return HttpLimits(), local
     from relay.bus.redis_commands import Commands
     from relay.ops.ratelimit_redis import RedisLimiter
 
@@ -113,8 +113,8 @@ def shared_limits(settings: Settings) -> tuple[HttpLimits, Limiter | None]:
         address=RedisLimiter(commands, "http_address", ADDRESS_LIMIT),
         device=RedisLimiter(commands, "http_device", DEVICE_LIMIT),
     )
-    handshake = RedisLimiter(commands, "handshake", RateLimit(HANDSHAKE_RATE_PER_S, HANDSHAKE_BURST))
-    return limits, handshake
+    per_address = RateLimit(settings.handshake_rate, settings.handshake_burst)
+    return limits, RedisLimiter(commands, "handshake", per_address)
 
 
 def create_app(
@@ -144,7 +144,7 @@ def create_app(
     install_error_handling(app, settings)
     install_observation(app, runtime.metrics)
     install_cors(app, settings)
-    for module in (server, health, enroll, pairings, devices, user):
+    for module in (server, health, enroll, pairings, devices, user, openapi):
         app.register_blueprint(module.blueprint)
     app.services = Services(app=app, runtime=runtime, node_id=node_id, handshake_limiter=handshake_limiter)
     return app

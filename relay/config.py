@@ -314,6 +314,9 @@ class Settings:
     token_ttl_s: int = 900
     publish_rate: int = 200
     publish_burst: int = 400
+    # Not in §8's table (an addition): WebSocket handshakes per client address, per second and burst.
+    handshake_rate: int = 10
+    handshake_burst: int = 100
     max_inflight: int = 64
     max_replays: int = 4
     max_devices: int = 20
@@ -408,6 +411,8 @@ _SETTINGS: tuple[_Setting, ...] = (
     _int_setting("token_ttl_s", _MAX_SECONDS),
     _int_setting("publish_rate"),
     _int_setting("publish_burst"),
+    _int_setting("handshake_rate"),
+    _int_setting("handshake_burst"),
     _int_setting("max_inflight"),
     _int_setting("max_replays"),
     _int_setting("max_devices"),

@@ -26,6 +26,8 @@ TABLE: dict[str, tuple[str, object]] = {
     "RELAY_TOKEN_TTL_S": ("token_ttl_s", 900),
     "RELAY_PUBLISH_RATE": ("publish_rate", 200),
     "RELAY_PUBLISH_BURST": ("publish_burst", 400),
+    "RELAY_HANDSHAKE_RATE": ("handshake_rate", 10),
+    "RELAY_HANDSHAKE_BURST": ("handshake_burst", 100),
     "RELAY_MAX_INFLIGHT": ("max_inflight", 64),
     "RELAY_MAX_REPLAYS": ("max_replays", 4),
     "RELAY_MAX_DEVICES": ("max_devices", 20),
@@ -36,7 +38,7 @@ TABLE: dict[str, tuple[str, object]] = {
     "RELAY_PUBLIC_URL": ("public_url", None),
     "RELAY_METRICS_BIND": ("metrics_bind", None),
     "RELAY_LOG_LEVEL": ("log_level", "info"),
-    # Not in §8's table: an addition, recorded in docs/protocol.md.
+    # Not in §8's table: additions, recorded in docs/protocol.md.
     "RELAY_LOG_FORMAT": ("log_format", "json"),
 }
 

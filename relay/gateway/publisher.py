@@ -168,7 +168,11 @@ async def _commit(session: Session, accepted: AcceptedPublish, now: int, read_at
         clock_skew_ms=settings.clock_skew_ms,
     )
     appended: Appended | None = None
-    with span(ctx.tracing, "commit"), trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
+    # One scope both shields the commit from the session's cancellation and bounds it.
+    with (
+        span(ctx.tracing, "commit"),
+        trio.CancelScope(shield=True, deadline=trio.current_time() + COMMIT_TIMEOUT_S),
+    ):
         appended = await ctx.store.append(request)
     if appended is None:
         raise StoreUnavailable(detail="the commit did not finish in time")
@@ -179,8 +183,8 @@ async def _commit(session: Session, accepted: AcceptedPublish, now: int, read_at
     instruments.published()
     session.note_head(appended.event.stream, appended.event.seq)
     handed = False
-    with span(ctx.tracing, "fanout"), trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
-        started = trio.current_time()
+    started = trio.current_time()
+    with span(ctx.tracing, "fanout"), trio.CancelScope(shield=True, deadline=started + COMMIT_TIMEOUT_S):
         try:
             await ctx.bus.publish(session.user_id, appended.event, origin_session_id=session.session_id)
             handed = True

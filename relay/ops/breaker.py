@@ -121,7 +121,11 @@ class CircuitBreaker:
 
 
 class _Guarded:
-    """Every coroutine method of ``inner`` through ``breaker``; everything else as it is."""
+    """Every coroutine method of ``inner`` through ``breaker``; everything else as it is.
+
+    Each guarded method is made once, on first use, and kept on the instance: later calls cost one
+    attribute lookup (this sits on every publish's path).
+    """
 
     def __init__(self, inner: object, breaker: CircuitBreaker, passthrough: frozenset[str]) -> None:
         self._inner = inner
@@ -136,8 +140,9 @@ class _Guarded:
 
         @functools.wraps(value)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
-            return await breaker.call(lambda: value(*args, **kwargs), operation=name)
+            return await breaker.call(functools.partial(value, *args, **kwargs), operation=name)
 
+        self.__dict__[name] = guarded  # found by normal lookup from now on: __getattr__ is not called again
         return guarded
 
 

@@ -137,10 +137,13 @@ class _Guarded:
         if name in self._passthrough or not callable(value) or not _is_coroutine_function(value):
             return value
         breaker = self._breaker
+        inner = self._inner
 
         @functools.wraps(value)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
-            return await breaker.call(functools.partial(value, *args, **kwargs), operation=name)
+            # The method is looked up on each call (cheap), so an inner object may change it.
+            method = getattr(inner, name)
+            return await breaker.call(functools.partial(method, *args, **kwargs), operation=name)
 
         self.__dict__[name] = guarded  # found by normal lookup from now on: __getattr__ is not called again
         return guarded

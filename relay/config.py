@@ -113,6 +113,20 @@ def _check_log_level(value: Any) -> None:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
 
 
+def _to_switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError("must be on or off")
+
+
+def _check_switch(value: Any) -> None:
+    if type(value) is not bool:
+        raise ValueError("must be on or off")
+
+
 def _check_log_format(value: Any) -> None:
     if value not in ("json", "text"):
         raise ValueError("must be json (one JSON object per line) or text")
@@ -328,6 +342,8 @@ class Settings:
     metrics_bind: str | None = None
     log_level: str = "info"
     log_format: str = "json"
+    # Not in §8's table (an addition): Hypercorn's send fast path (relay.gateway.fastpath).
+    fast_send: bool = True
     # flags of `relay serve`
     host: str = "127.0.0.1"
     port: int = 8080
@@ -426,6 +442,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("metrics_bind", "RELAY_METRICS_BIND", _nothing, _check_bind),
     _Setting("log_level", "RELAY_LOG_LEVEL", lambda text: text.strip().lower(), _check_log_level),
     _Setting("log_format", "RELAY_LOG_FORMAT", lambda text: text.strip().lower(), _check_log_format),
+    _Setting("fast_send", "RELAY_FAST_SEND", _to_switch, _check_switch),
     _Setting("host", None, _nothing, _check_host),
     _Setting("port", None, int, lambda value: _check_port(value, allow_zero=True)),
     _Setting("workers", None, int, _positive_int(64)),

@@ -16,14 +16,17 @@ otherwise it changes nothing and says so.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, RawData
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
@@ -82,6 +85,56 @@ class ContainedTCPServer(TCPServer):
             await trio.aclose_forcefully(self.stream)
 
 
+class FastTCPServer(ContainedTCPServer):
+    """The contained handler, also sending synchronously when it can (:mod:`relay.gateway.fastpath`).
+
+    When no other task of the connection is sending (its send lock is free) and the connection is plain
+    TCP, the bytes are written with one non-blocking ``os.write``, without yielding. What the kernel did
+    not take (a full socket buffer, ``EAGAIN``) goes Hypercorn's own locked path, so back-pressure is
+    unchanged. Active only when the server's config says so (``config.relay_fast_send``), so one process
+    can serve with it on and off.
+    """
+
+    async def protocol_send(self, event: Any) -> None:
+        if (
+            type(event) is RawData
+            and getattr(self.config, "relay_fast_send", False)
+            and not self.send_lock.locked()
+            and isinstance(stream := cast(object, self.stream), trio.SocketStream)
+        ):
+            data = event.data
+            try:
+                written = os.write(stream.socket.fileno(), data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                await self.protocol.handle(Closed())
+                return
+            if written == len(data):
+                FAST_SEND.direct += 1
+                return
+            FAST_SEND.partial += 1
+            # Nothing yielded since the lock was seen free: no other send came in between.
+            event = RawData(data=data[written:])
+        await super().protocol_send(event)
+
+
+_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN})
+
+
+class _FastSendCounts:
+    """How the fast path fared (``statistics``-style counters, for tests and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.direct = 0  # written whole, without yielding
+        self.partial = 0  # the kernel took less: the rest went the stock path
+
+
+FAST_SEND = _FastSendCounts()
+
+
 def _peer(stream: Any) -> str:
     try:
         socket = getattr(stream, "transport_stream", stream).socket
@@ -98,7 +151,7 @@ def contain_connection_errors() -> bool:
     this was checked against or no longer has the expected shape.
     """
     current = getattr(hypercorn_run, "TCPServer", None)
-    if current is ContainedTCPServer:
+    if current is FastTCPServer:
         return True
     version = metadata.version("hypercorn")
     if not version.startswith(CONTAINED_HYPERCORN_VERSIONS):
@@ -114,7 +167,7 @@ def contain_connection_errors() -> bool:
             "not applied"
         )
         return False
-    hypercorn_run.TCPServer = ContainedTCPServer  # type: ignore[attr-defined]
+    hypercorn_run.TCPServer = FastTCPServer  # type: ignore[attr-defined]
     return True
 
 
@@ -134,6 +187,7 @@ def hypercorn_config(settings: Settings, fds: tuple[int, ...] = ()) -> Config:
     config.include_server_header = False
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.relay_fast_send = settings.fast_send  # type: ignore[attr-defined]  # read by FastTCPServer
     return config
 
 

@@ -3,7 +3,8 @@
 The gateway takes the WebSocket scope of ``/v1/ws`` at the ASGI level (ARCHITECTURE.md "Serving"):
 no Quart machinery per message. :class:`AsgiWebSocket` is the whole of what it needs: wait for
 ``websocket.connect``, accept (selecting the subprotocol ``relay.v1`` when offered), receive whole
-text or binary messages, send text, close with a code and a reason.
+text or binary messages, send text, close with a code and a reason. Every other scope goes to Quart
+through the same router, which shields the end of each HTTP answer (see :func:`_finish_shielded`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
+import trio
+
 __all__ = [
+    "FINISH_TIMEOUT_S",
     "SUBPROTOCOL",
     "WS_PATH",
     "AsgiApp",
@@ -82,6 +86,11 @@ class AsgiWebSocket:
                 return Disconnected(code if isinstance(code, int) else None)
             # Anything else (a repeated connect) carries nothing for us.
 
+    @property
+    def asgi_send(self) -> Send:
+        """The server's ASGI ``send`` (for :mod:`relay.gateway.fastpath`, which may go around it)."""
+        return self._send
+
     async def send_text(self, text: str) -> None:
         await self._send({"type": "websocket.send", "text": text})
 
@@ -90,12 +99,43 @@ class AsgiWebSocket:
 
 
 def route_websocket(handle: AsgiApp, inner: AsgiApp) -> AsgiApp:
-    """An ASGI app that gives the WebSocket scope of :data:`WS_PATH` to ``handle``, all else to ``inner``."""
+    """An ASGI app that gives the WebSocket scope of :data:`WS_PATH` to ``handle``, all else to ``inner``.
+
+    HTTP answers of ``inner`` end with their last ``http.response.body`` sent shielded from cancellation
+    (:func:`_finish_shielded`).
+    """
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") == "websocket" and scope.get("path") == WS_PATH:
             await handle(scope, receive, send)
+        elif scope.get("type") == "http":
+            await inner(scope, receive, _finish_shielded(send))
         else:
             await inner(scope, receive, send)
 
     return app
+
+
+#: How long the last message of an HTTP answer may take to hand over, shielded (seconds).
+FINISH_TIMEOUT_S = 5.0
+
+
+def _finish_shielded(send: Send) -> Send:
+    """``send``, with the last body message of the answer shielded from cancellation.
+
+    Why: Hypercorn (0.18) finishes the HTTP exchange inside that ``send``: it ends the stream, tells the
+    app ``http.disconnect``, then closes the connection (``Connection: close``, HTTP/1.0) or restarts its
+    keep-alive timer. Quart-Trio cancels the request's task as soon as it reads that disconnect, which
+    happens at the first checkpoint inside the same ``send``, so the close and the timer were never
+    reached: every HTTP connection stayed open until the client closed it, whatever it asked for and
+    however long it stayed silent. Shielded (and bounded), the exchange is finished as Hypercorn means.
+    """
+
+    async def finishing(message: Message) -> None:
+        if message.get("type") == "http.response.body" and not message.get("more_body", False):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
+                await send(message)
+        else:
+            await send(message)
+
+    return finishing

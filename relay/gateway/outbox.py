@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from relay.gateway.asgi import AsgiWebSocket
+from relay.gateway.fastpath import send_text
 
 __all__ = ["OUTBOX_FRAMES", "Closing", "Outbox"]
 
@@ -41,6 +42,8 @@ class Outbox:
 
     ws: AsgiWebSocket
     capacity: int = OUTBOX_FRAMES
+    #: Send frames through :mod:`relay.gateway.fastpath` (each frame encoded once for all recipients).
+    fast: bool = False
     _send: trio.MemorySendChannel[str] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[str] = attrs.field(init=False)
     _closing: Closing | None = attrs.field(default=None, init=False)
@@ -89,7 +92,7 @@ class Outbox:
                 frame = self._receive.receive_nowait()
             except trio.WouldBlock:
                 break
-            await self.ws.send_text(frame)
+            await self._send_frame(frame)
         closing = self._ending()  # read again: the peer may have gone meanwhile
         if closing.frame is not None:
             await self.ws.send_text(closing.frame)
@@ -106,7 +109,10 @@ class Outbox:
             self._idle = None
             if idle.cancelled_caught or not self._sends_queued():
                 return  # finish() came while waiting, or as this frame was taken (then it is dropped)
-            await self.ws.send_text(frame)
+            await self._send_frame(frame)
+
+    async def _send_frame(self, frame: str) -> None:
+        await send_text(self.ws.asgi_send, frame, enabled=self.fast)
 
     def _sends_queued(self) -> bool:
         """Whether frames already queued are still to be sent."""

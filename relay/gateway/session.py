@@ -106,7 +106,7 @@ class Session:
     _heads: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.outbox = Outbox(self.ws)
+        self.outbox = Outbox(self.ws, fast=self.ctx.settings.fast_send)
         self.last_heard = self.opened_at
 
     # --- identity (the bus's Subscriber protocol) ------------------------------------------------------

@@ -14,7 +14,8 @@ import pytest
 from loopback_support import LiveServer, running_server
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
-    async with running_server(tmp_path / "data") as live:
+@pytest.fixture(params=["fast", "stock"])
+async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LiveServer]:
+    """A live relay; every test using it runs twice: with the send fast path on, and off."""
+    async with running_server(tmp_path / "data", fast_send=request.param == "fast") as live:
         yield live

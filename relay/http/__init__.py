@@ -6,5 +6,7 @@
 - :mod:`~relay.http.pairings`, :mod:`~relay.http.devices`, :mod:`~relay.http.user`: the signed
   endpoints (§2, §5, §6); :mod:`~relay.http.bodies` their body rules, :mod:`~relay.http.notices` their
   bounded bus calls;
-- :mod:`~relay.http.cors`: ``RELAY_CORS_ORIGINS``; :mod:`~relay.http.runtime`: what handlers share.
+- :mod:`~relay.http.cors`: ``RELAY_CORS_ORIGINS``; :mod:`~relay.http.runtime`: what handlers share;
+- :mod:`~relay.http.openapi`: ``GET /openapi.json``, the OpenAPI 3.1 document of all of the above
+  (``docs/openapi.json``).
 """

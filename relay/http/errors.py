@@ -10,6 +10,13 @@ body too large) become errors of our tree here; an exception that is not a :clas
 Headers an error implies are added here too: ``Allow`` on 405, ``Retry-After`` (whole seconds, rounded
 up) when the error carries ``retry_after_ms``, and ``WWW-Authenticate: Relay-Ed25519`` on
 ``401 unauthorized`` (§3).
+
+Every answer also waits until the request's body has been received (:func:`finish_reading_the_body`),
+whether the handler read it or not: an answer that left a body unread (``404``, ``405``, a ``401`` whose
+header was refused before the body was read, a body sent with a ``GET``) would otherwise leave the
+keep-alive connection in a state where Hypercorn 0.18 never answers the client's next request on it.
+A body that does not arrive within :data:`BODY_DRAIN_S`, or is over ``max_frame_bytes``, gets its
+answer with ``Connection: close`` instead, so that the client opens a new connection.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import uuid
 from collections.abc import Collection, Mapping
 
 import orjson
+import trio
 from quart import Quart, Response, g, has_request_context, has_websocket_context, request, websocket
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from relay.config import Settings
@@ -40,8 +48,10 @@ from relay.protocol.signed_requests import AUTH_SCHEME
 from relay.protocol.syntax import is_request_id
 
 __all__ = [
+    "BODY_DRAIN_S",
     "REQUEST_ID_HEADER",
     "check_query",
+    "finish_reading_the_body",
     "install_error_handling",
     "json_response",
     "member_path",
@@ -52,6 +62,8 @@ __all__ = [
 log = logging.getLogger("relay.http")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: How long an answer waits for the rest of a request body that its handler did not read (seconds).
+BODY_DRAIN_S = 5.0
 
 _MEMBER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "'": "\\'", "\\": "\\\\"}
@@ -137,6 +149,25 @@ def _from_werkzeug(exc: HTTPException) -> tuple[RelayError, int]:
     return InternalError(detail=f"{status} {exc.name}: {exc.description}"), 500
 
 
+async def finish_reading_the_body(response: Response) -> Response:
+    """Return ``response`` once the current request's body has been received whole (module docstring).
+
+    Quart receives the body beside the handler, whether the handler reads it or not; this waits for the
+    end of it, at most :data:`BODY_DRAIN_S`. A body still arriving then, or one over the size limit
+    (whose rest Quart discards), gets ``Connection: close`` on the answer. A body already read, or
+    none, costs nothing.
+    """
+    try:
+        with trio.move_on_after(BODY_DRAIN_S) as waited:
+            await request.body
+    except RequestEntityTooLarge:
+        response.headers["Connection"] = "close"
+    else:
+        if waited.cancelled_caught:
+            response.headers["Connection"] = "close"
+    return response
+
+
 def _retry_after_seconds(retry_after_ms: object) -> str | None:
     if isinstance(retry_after_ms, int) and not isinstance(retry_after_ms, bool) and retry_after_ms >= 0:
         return str(-(-retry_after_ms // 1000))
@@ -169,6 +200,8 @@ def install_error_handling(app: Quart, settings: Settings) -> None:
     async def add_request_id(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = request_id()
         return response
+
+    app.after_request(finish_reading_the_body)
 
     @app.after_websocket
     async def add_websocket_request_id(

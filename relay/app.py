@@ -137,7 +137,7 @@ def create_app(
         bus=bus if bus is not None else default_bus(settings, clock, node_id),
         limits=limits,
     )
-    app = RelayApp("relay")
+    app = RelayApp("relay", static_folder=None)  # no static files: no /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_frame_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions[EXTENSION] = runtime

@@ -9,10 +9,13 @@ through the same router, which shields the end of each HTTP answer (see :func:`_
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
 import trio
+
+from relay.protocol.syntax import is_request_id
 
 __all__ = [
     "FINISH_TIMEOUT_S",
@@ -64,11 +67,22 @@ class AsgiWebSocket:
         message = await self._receive()
         return message.get("type") == "websocket.connect"
 
+    def request_id(self) -> str:
+        """The upgrade's ``X-Request-ID``: the client's own when valid (§6), else a new one."""
+        for name, value in self.scope.get("headers") or ():
+            if bytes(name).lower() == b"x-request-id":
+                text = bytes(value).decode("latin-1")
+                if is_request_id(text):
+                    return text
+        return uuid.uuid4().hex
+
     async def accept(self) -> None:
-        """Accept the upgrade, selecting ``relay.v1`` when the client offered it."""
+        """Accept the upgrade, selecting ``relay.v1`` when the client offered it; the ``101`` carries
+        ``X-Request-ID`` like every answer of the server (§6)."""
         offered = self.scope.get("subprotocols") or ()
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+        headers = [(b"x-request-id", self.request_id().encode("ascii"))]
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers})
 
     async def receive(self) -> str | bytes | Disconnected:
         """The next whole message: text, bytes (a binary frame), or :class:`Disconnected`."""

@@ -94,3 +94,24 @@ async def test_a_connection_that_negotiated_permessage_deflate_gets_frames_it_ca
                     break
         await stream.aclose()
     assert (msg.event.seq, json.loads(msg.event.body)) == (ack.seq, {"compressed": "x" * 500})
+
+
+async def test_the_upgrade_answer_carries_the_request_id_like_every_answer(server: LiveServer) -> None:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    answers = []
+    with trio.fail_after(CAP_S):
+        for sent in ("client-chosen.id-1", "not valid!"):
+            stream = await trio.open_tcp_stream(host, int(port))
+            ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            await stream.send_all(
+                ws.send(Request(host=host, target="/v1/ws", extra_headers=[(b"x-request-id", sent.encode())]))
+            )
+            accepted = None
+            while accepted is None:
+                ws.receive_data(await stream.receive_some(65536))
+                accepted = next((e for e in ws.events() if isinstance(e, AcceptConnection)), None)
+            answers.append(dict(accepted.extra_headers).get(b"x-request-id", b"").decode())
+            await stream.aclose()
+    assert answers[0] == "client-chosen.id-1"
+    assert answers[1] not in ("", "not valid!")
+    assert len(answers[1]) == 32

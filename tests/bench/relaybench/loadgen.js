@@ -181,6 +181,22 @@ async function main() {
     stats.measuring = false;
   } else if (config.phase === "rate") {
     stats.measuring = true;
+    if (config.report_every) {  // the soak: a line of figures every report_every seconds, then reset
+      let index = 0;
+      let last = cpuSeconds();
+      const timer = setInterval(() => {
+        const cpu = cpuSeconds();
+        process.stdout.write(JSON.stringify({
+          interval: index++, acks: stats.acks, deliveries: stats.deliveries, errors: stats.errors,
+          ack: stats.ack.toJSON(), delivery: stats.delivery.toJSON(), cpu_s: cpu - last,
+          closed: devices.filter((d) => d.closed).length,
+        }) + "\n");
+        last = cpu;
+        stats.acks = 0; stats.deliveries = 0; stats.errors = {};
+        stats.ack = new Histogram(); stats.delivery = new Histogram();
+      }, config.report_every * 1000);
+      setTimeout(() => clearInterval(timer), config.seconds * 1000 + 100);
+    }
     const interval = 1000 / config.rate_per_device;
     devices.forEach((device, i) => {
       const first = (i / devices.length) * interval;

@@ -12,6 +12,11 @@ connection handler).
 connection and returns; cancellation still propagates. It checks what it patches: the Hypercorn
 version must be one this was tested with, and the handler must still be the class it expects;
 otherwise it changes nothing and says so.
+
+The same handler also closes a connection whose WebSocket upgrade Hypercorn refused with an error and
+``connection: close`` before the app accepted it (a bad version, a stray byte): Hypercorn closes only
+when the stream reports itself closed, which such a stream never does, so the socket would stay open
+until the client left.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from functools import partial
 from importlib import metadata
 from typing import Any, cast
 
+import h11
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
@@ -84,6 +92,29 @@ class ContainedTCPServer(TCPServer):
             log.debug("the failure of that connection", exc_info=group)
             await trio.aclose_forcefully(self.stream)
 
+    async def protocol_send(self, event: Any) -> None:
+        await self._send_event(event)
+        if type(event) is RawData and _refused_upgrade_done(self.protocol):
+            # Hypercorn answered a WebSocket upgrade with an error and "connection: close", but it
+            # only closes on the stream's StreamClosed, which a stream refused before the app
+            # accepted never sends: the socket would stay open until the client hangs up. Close it
+            # now; the app, if it was started, is told websocket.disconnect.
+            await TCPServer.protocol_send(self, Closed())
+
+    async def _send_event(self, event: Any) -> None:
+        await TCPServer.protocol_send(self, event)
+
+
+def _refused_upgrade_done(wrapper: Any) -> bool:
+    """Whether ``wrapper``'s connection has wholly sent a refusal of a WebSocket upgrade and must close."""
+    protocol = getattr(wrapper, "protocol", None)
+    if not isinstance(protocol, H11Protocol) or not isinstance(protocol.stream, WSStream):
+        return False
+    # Once the upgrade request is read, Hypercorn wraps h11's connection (H11WSConnection, whose own
+    # states are None); the answer's state is the wrapped connection's.
+    connection = getattr(protocol.connection, "h11_connection", protocol.connection)
+    return isinstance(connection, h11.Connection) and connection.our_state is h11.MUST_CLOSE
+
 
 class FastTCPServer(ContainedTCPServer):
     """The contained handler, also sending synchronously when it can (:mod:`relay.gateway.fastpath`).
@@ -95,7 +126,7 @@ class FastTCPServer(ContainedTCPServer):
     can serve with it on and off.
     """
 
-    async def protocol_send(self, event: Any) -> None:
+    async def _send_event(self, event: Any) -> None:
         if (
             type(event) is RawData
             and getattr(self.config, "relay_fast_send", False)
@@ -118,7 +149,7 @@ class FastTCPServer(ContainedTCPServer):
             FAST_SEND.partial += 1
             # Nothing yielded since the lock was seen free: no other send came in between.
             event = RawData(data=data[written:])
-        await super().protocol_send(event)
+        await super()._send_event(event)
 
 
 _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN})

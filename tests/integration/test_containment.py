@@ -170,14 +170,15 @@ async def healthz_status(port: int) -> int:
 
 
 @asynccontextmanager
-async def running_relay(tmp_path: Path) -> AsyncIterator[int]:
+async def running_relay(tmp_path: Path, *, fast_send: bool = True) -> AsyncIterator[int]:
     """relay's own :func:`serve` on a free loopback port, with the accepting test endpoint."""
     app = create_app(Settings(data_dir=tmp_path), store=MemoryStore())
     app.asgi_app = accepting_websocket(app.asgi_app)  # type: ignore[method-assign]
     stop = trio.Event()
+    settings = Settings(data_dir=tmp_path, port=0, fast_send=fast_send)
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(
-            partial(serve, Settings(data_dir=tmp_path, port=0), app=app, shutdown_trigger=stop.wait)
+            partial(serve, settings, app=app, shutdown_trigger=stop.wait)
         )
         try:
             yield int(urls[0].rsplit(":", 1)[1])
@@ -211,15 +212,58 @@ async def test_without_containment_one_stray_byte_after_an_upgrade_stops_hyperco
 async def test_relay_serve_contains_the_stray_byte_upgrade(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, path: str
 ) -> None:
+    # Hypercorn's stock send path: the 400 yields, the app's accept comes in between, and h11 raises.
     with trio.fail_after(CAP_S):
-        async with running_relay(tmp_path) as port:
-            assert hypercorn_run.TCPServer is ContainedTCPServer  # type: ignore[attr-defined]
+        async with running_relay(tmp_path, fast_send=False) as port:
+            assert issubclass(hypercorn_run.TCPServer, ContainedTCPServer)  # type: ignore[attr-defined]
             for _ in range(3):
                 answer = await exchange(port, upgrade(path) + b"x")
                 assert answer.startswith(b"HTTP/1.1 400 ")
                 assert await healthz_status(port) == 200
     contained = [r for r in caplog.records if r.name == "relay.serving" and "issue 225" in r.getMessage()]
     assert len(contained) == 3  # each of the three failed inside Hypercorn, and was contained
+
+
+async def hung_up_by_server(port: int, data: bytes) -> bytes | None:
+    """Send ``data``; the whole answer once the server has closed the connection, None if it has not
+    within :data:`ANSWER_S`."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = bytearray()
+    try:
+        await stream.send_all(data)
+        with trio.move_on_after(ANSWER_S):
+            while chunk := await stream.receive_some(65536):
+                received.extend(chunk)
+            return bytes(received)
+    except trio.BrokenResourceError:
+        return bytes(received)
+    finally:
+        await trio.aclose_forcefully(stream)
+    return None
+
+
+#: Upgrades Hypercorn refuses with an error and "connection: close" (the app never accepts them).
+REFUSED_UPGRADES = {
+    "stray-byte-to-v1-ws": upgrade("/v1/ws") + b"x",
+    "stray-byte": upgrade(ACCEPTING_PATH) + b"x",
+    "bad-version": upgrade("/v1/ws", version="99"),
+    "bad-key-then-stray-byte": upgrade("/v1/ws", key="abc") + b"x",
+}
+
+
+@pytest.mark.parametrize("fast_send", [True, False], ids=["fast-send", "stock-send"])
+async def test_a_refused_upgrade_is_answered_and_its_connection_closed_by_the_server(
+    tmp_path: Path, fast_send: bool
+) -> None:
+    # Hypercorn closes only on its stream's StreamClosed, which a stream refused before the app
+    # accepted never sends: without relay's handler the socket stays open until the client leaves.
+    with trio.fail_after(CAP_S):
+        async with running_relay(tmp_path, fast_send=fast_send) as port:
+            for name, data in REFUSED_UPGRADES.items():
+                answer = await hung_up_by_server(port, data)
+                assert answer is not None, f"{name}: the server left the connection open"
+                assert answer.startswith(b"HTTP/1.1 400 "), (name, answer[:100])
+                assert await healthz_status(port) == 200
 
 
 async def test_every_malformed_request_leaves_the_server_serving_everyone_else(tmp_path: Path) -> None:
@@ -252,5 +296,9 @@ async def test_a_malformed_request_in_flight_does_not_disturb_a_concurrent_healt
 
 def test_the_containment_is_idempotent_and_version_checked() -> None:
     assert contain_connection_errors()
+    installed = hypercorn_run.TCPServer  # type: ignore[attr-defined]
     assert contain_connection_errors()
-    assert hypercorn_run.TCPServer is ContainedTCPServer  # type: ignore[attr-defined]
+    assert hypercorn_run.TCPServer is installed  # the second call changed nothing
+    # The installed handler contains (the send fast path is a subclass of the containment).
+    assert issubclass(installed, ContainedTCPServer)
+    assert installed is not TCPServer

@@ -40,9 +40,12 @@ TABLE: dict[str, tuple[str, object]] = {
     "RELAY_LOG_LEVEL": ("log_level", "info"),
     # Not in §8's table: additions, recorded in docs/protocol.md.
     "RELAY_LOG_FORMAT": ("log_format", "json"),
+    "RELAY_FAST_SEND": ("fast_send", True),
 }
 
-INTEGER_VARIABLES = [name for name, (_, default) in TABLE.items() if isinstance(default, int)]
+INTEGER_VARIABLES = [
+    name for name, (_, default) in TABLE.items() if type(default) is int  # bool is not an integer here
+]
 
 GOOD: list[tuple[str, str, object]] = [
     ("RELAY_ENV", "development", "development"),
@@ -89,6 +92,8 @@ GOOD: list[tuple[str, str, object]] = [
     ("RELAY_METRICS_BIND", "metrics.internal:9100", "metrics.internal:9100"),
     ("RELAY_LOG_LEVEL", "DEBUG", "debug"),
     ("RELAY_LOG_LEVEL", "warning", "warning"),
+    ("RELAY_FAST_SEND", "off", False),
+    ("RELAY_FAST_SEND", " ON ", True),
 ]
 
 BAD: list[tuple[str, str, str]] = [
@@ -126,6 +131,7 @@ BAD: list[tuple[str, str, str]] = [
     ("RELAY_METRICS_BIND", "[nope]:9100", "valid IPv6 address"),
     ("RELAY_METRICS_BIND", "bad host:9100", "host name or an IP address"),
     ("RELAY_LOG_LEVEL", "verbose", "must be one of debug, info, warning, error, critical"),
+    ("RELAY_FAST_SEND", "maybe", "must be on or off"),
 ]
 
 

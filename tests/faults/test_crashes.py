@@ -178,6 +178,10 @@ class Worker:
     held: dict[tuple[str, int], str] = attrs.field(factory=dict)
     failure: BaseException | None = None
     client: RelayClient | None = None
+    #: Set once this worker has left its publishing loop (its last publish answered or given up).
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+    #: Set (and replaced) whenever ``held`` grows, so a check can wait for deliveries still on the way.
+    grew: trio.Event = attrs.field(factory=trio.Event)
 
     async def run(
         self,
@@ -203,18 +207,32 @@ class Worker:
                             break
                         n += 1
                         await trio.sleep(0.005)
+                    self.stopped.set()
                     await done.wait()
                     nursery.cancel_scope.cancel()
         except* ConnectionLost as group:
             self.failure = group.exceptions[0]
+        finally:
+            self.stopped.set()
 
     async def _receive(self, client: RelayClient) -> None:
         try:
             async for item in client:
                 if isinstance(item, messages.StoredEvent):
                     self.held[(item.stream, item.seq)] = item.id
+                    self.grew.set()
+                    self.grew = trio.Event()
         except ConnectionLost as lost:
             self.failure = lost
+
+    def held_of(self, stream: str) -> dict[int, str]:
+        return {seq: event_id for (name, seq), event_id in self.held.items() if name == stream}
+
+    async def holds(self, stream: str, expected: dict[int, str]) -> None:
+        """Wait until this worker holds exactly ``expected`` of ``stream`` (deliveries may still be on
+        their way from the client to this worker when the replay that fetched them has returned)."""
+        while self.held_of(stream) != expected and len(self.held_of(stream)) < len(expected):
+            await self.grew.wait()
 
     async def catch_up(self, streams: list[str]) -> None:
         assert self.client is not None
@@ -255,6 +273,9 @@ async def check(
     workers: list[Worker], reader_url: str, server_key: str, alive: Callable[[Worker], bool]
 ) -> None:
     """Every acked event stored once, gapless seqs, and every live device holding its streams."""
+    with trio.fail_after(60):
+        for worker in workers:
+            await worker.stopped.wait()  # no publish still in flight: the heads are final
     for worker in [w for w in workers if alive(w)]:
         with trio.fail_after(60):
             await worker.catch_up(
@@ -273,13 +294,11 @@ async def check(
             assert len(ids) == len(set(ids))  # each event once
             assert {a.id for a in acks} <= set(ids)  # nothing acked was lost
             assert {(a.id, a.seq) for a in acks} <= {(e.id, e.seq) for e in stored}
+            expected = {e.seq: e.id for e in stored}
             for holder in [w for w in workers if alive(w) and w.creds.user_id == reader.creds.user_id]:
-                held = {
-                    seq: event_id
-                    for (stream, seq), event_id in holder.held.items()
-                    if stream == worker.stream
-                }
-                assert held == {e.seq: e.id for e in stored}  # exactly the stream's contents
+                with trio.move_on_after(10):
+                    await holder.holds(worker.stream, expected)
+                assert holder.held_of(worker.stream) == expected  # exactly the stream's contents
 
 
 @pytest.mark.postgres

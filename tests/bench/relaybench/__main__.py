@@ -2,6 +2,7 @@
 
     bash scripts/bench [--users 250] [--devices 4] [--seconds 10] [--rate 2000] [--idle 5000]
                        [--replay 100000] [--procs 4] [--database-url URL --redis-url URL] [--json FILE]
+                       [--workers N] [--fast-send on|off]
 
 The server under test runs as a process pinned to CPU 0 (``relay serve``, SQLite with durable acks in a
 temporary data dir, unless ``--database-url``/``--redis-url``), the load generator as ``--procs`` Node
@@ -55,16 +56,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its children (``relay serve --workers N`` is a parent and N workers)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
 def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """CPU seconds used by ``pid`` and its live children."""
+    total = 0.0
+    for one in tree(pid):
+        try:
+            fields = _stat(one)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Resident KB of ``pid`` and its live children."""
+    total = 0
+    for one in tree(pid):
+        try:
+            lines = Path(f"/proc/{one}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
+    return total
 
 
 def pin(cpu: int) -> Any:
@@ -254,14 +284,18 @@ async def run_loadgen(
 # --- servers ---------------------------------------------------------------------------------------------
 
 
-async def start_relay(data_dir: Path, env: dict[str, str], port: int) -> trio.Process:
+async def start_relay(data_dir: Path, env: dict[str, str], port: int, workers: int = 1) -> trio.Process:
     log = (data_dir.parent / "serve.log").open("wb")
+    command = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "relay", "serve", "--port", str(port)],
+        command,
         env=env,
         stdout=log,
         stderr=log,
-        preexec_fn=pin(SERVER_CPU),
+        # One worker: CPU 0, beside the load generator's CPU 1. More: every CPU (shared with it).
+        preexec_fn=pin(SERVER_CPU) if workers == 1 else None,
     )
     await wait_listening(port, process)
     return process
@@ -327,6 +361,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             env["RELAY_DATABASE_URL"] = args.database_url
         if args.redis_url:
             env["RELAY_REDIS_URL"] = args.redis_url
+        if not args.fast_send:
+            env["RELAY_FAST_SEND"] = "off"
+        figures["workload"].update(
+            workers=args.workers,
+            fast_send=args.fast_send,
+            store="postgresql" if args.database_url else "sqlite",
+            bus="redis" if args.redis_url else "in-process",
+        )
         settings = Settings.from_env(env)
         store = await open_default_store(settings)
         await store.migrate()
@@ -342,7 +384,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await store.close()
 
         port = free_port()
-        relay_process = await start_relay(tmp / "data", env, port)
+        relay_process = await start_relay(tmp / "data", env, port, args.workers)
         url = f"ws://127.0.0.1:{port}/v1/ws"
         base = {"mode": "relay", "url": url, "server_key": server_key}
         try:
@@ -431,7 +473,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(figures: dict[str, Any]) -> str:
     s, f, r = figures["saturation"], figures["fixed_rate"], figures["reference"]
+    w = figures["workload"]
     rows = [
+        (
+            "workload",
+            f"{w['users']} x {w['devices']}, window {w['window']}",
+            f"{w.get('store')}, {w.get('bus')} bus, {w.get('workers')} worker(s),"
+            f" fast send {'on' if w.get('fast_send') else 'off'}",
+        ),
         ("deliveries/s at saturation", f"{s['deliveries_per_s']:,}", f"reference {r['deliveries_per_s']:,}"),
         ("relay / reference", f"{figures['relay_over_reference']}x", ""),
         ("acks/s at saturation", f"{s['acks_per_s']:,}", ""),
@@ -483,11 +532,16 @@ if __name__ == "__main__":
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
+    parser.add_argument("--workers", type=int, default=1, help="relay serve --workers (needs --redis-url)")
+    parser.add_argument(
+        "--fast-send", choices=["on", "off"], default="on", help="RELAY_FAST_SEND for the server"
+    )
     parser.add_argument(
         "--dir", type=Path, default=None, help="where the temporary data dir goes (its disk matters)"
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
     arguments = parser.parse_args()
+    arguments.fast_send = arguments.fast_send == "on"
     results = trio.run(main, arguments)
     print(table(results))
     if arguments.json:

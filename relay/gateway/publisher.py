@@ -168,30 +168,30 @@ async def _commit(session: Session, accepted: AcceptedPublish, now: int, read_at
         clock_skew_ms=settings.clock_skew_ms,
     )
     appended: Appended | None = None
-    # One scope both shields the commit from the session's cancellation and bounds it.
-    with (
-        span(ctx.tracing, "commit"),
-        trio.CancelScope(shield=True, deadline=trio.current_time() + COMMIT_TIMEOUT_S),
-    ):
-        appended = await ctx.store.append(request)
+    handed = False
+    # One scope shields the commit and the fan-out from the session's cancellation and bounds each in
+    # turn (its deadline is moved on once the commit is done): one scope per publish, not two.
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + COMMIT_TIMEOUT_S) as bound:
+        with span(ctx.tracing, "commit"):
+            appended = await ctx.store.append(request)
+        instruments.commit_seconds(trio.current_time() - read_at)
+        if appended.duplicate:
+            instruments.duplicate()
+            return appended
+        instruments.published()
+        session.note_head(appended.event.stream, appended.event.seq)
+        started = trio.current_time()
+        bound.deadline = started + COMMIT_TIMEOUT_S
+        with span(ctx.tracing, "fanout"):
+            try:
+                await ctx.bus.publish(session.user_id, appended.event, origin_session_id=session.session_id)
+                handed = True
+            except BusUnavailable as exc:  # the event is stored, but live delivery broke
+                raise BusLost(detail=f"the bus refused a committed event: {exc}") from exc
+            finally:
+                instruments.fanout_seconds(trio.current_time() - started)
     if appended is None:
         raise StoreUnavailable(detail="the commit did not finish in time")
-    instruments.commit_seconds(trio.current_time() - read_at)
-    if appended.duplicate:
-        instruments.duplicate()
-        return appended
-    instruments.published()
-    session.note_head(appended.event.stream, appended.event.seq)
-    handed = False
-    started = trio.current_time()
-    with span(ctx.tracing, "fanout"), trio.CancelScope(shield=True, deadline=started + COMMIT_TIMEOUT_S):
-        try:
-            await ctx.bus.publish(session.user_id, appended.event, origin_session_id=session.session_id)
-            handed = True
-        except BusUnavailable as exc:  # the event is stored, but live delivery broke
-            raise BusLost(detail=f"the bus refused a committed event: {exc}") from exc
-        finally:
-            instruments.fanout_seconds(trio.current_time() - started)
     if not handed:
         raise BusLost(detail="handing a committed event to the bus timed out")
     return appended

@@ -172,6 +172,7 @@ async def serve_until_signalled(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully. A second signal stops at once."""
+    from relay.ops.gc import tune_for_serving
     from relay.serving import serve
 
     stop = trio.Event()
@@ -192,7 +193,9 @@ async def serve_until_signalled(
                 nursery.cancel_scope.cancel()  # the server is done: stop watching signals
 
             nursery.start_soon(watch_signals)
-            task_status.started(await nursery.start(run))
+            urls = await nursery.start(run)
+            tune_for_serving()  # started: what lives now lives as long as the process (relay.ops.gc)
+            task_status.started(urls)
     log.info("stopped")
 
 

@@ -28,6 +28,7 @@ abandoned; its connection goes back to the pool when the worker thread is done w
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +56,7 @@ from relay.store.base import (
     StoreStatistics,
     UserSummary,
 )
+from relay.store.node_locks import NodeLocks
 from relay.store.secret_files import load_or_create_secret_files
 from relay.store.sqlite_connections import (
     BUSY_TIMEOUT_MS,
@@ -71,6 +73,8 @@ from relay.store.sqlite_migrations import (
 )
 from relay.store.sqlite_writer import MAX_GROUP_REQUESTS, SqliteWriter
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from relay.store.base import Store
 
@@ -84,6 +88,7 @@ class SqliteStore:
         self, *, data_dir: Path, writer: SqliteWriter, readers: ReaderPool, migrations_dir: Path
     ) -> None:
         self._data_dir = data_dir
+        self._node_locks = NodeLocks(data_dir)
         self._writer = writer
         self._readers = readers
         self._migrations_dir = migrations_dir
@@ -148,6 +153,7 @@ class SqliteStore:
         """Commit and answer every write already accepted, then close every connection."""
         await self._writer.aclose()
         self._readers.close()
+        self._node_locks.release_all()
 
     async def load_or_create_secrets(self) -> ServerSecrets:
         if self._secrets is None:
@@ -243,7 +249,15 @@ class SqliteStore:
 
     # --- nodes sharing the database ------------------------------------------------------------------
 
+    # A node of this process holds a lock file from its first heartbeat (relay/store/node_locks.py), so
+    # that the row of a node that died without forgetting itself is recognised and dropped at once.
+
     async def heartbeat_node(self, node_id: str, *, shared_bus: bool, now_ms: int, ttl_ms: int) -> None:
+        if not self._node_locks.holds(node_id):
+            try:
+                await trio.to_thread.run_sync(self._node_locks.hold, node_id)
+            except OSError as exc:  # the row still expires by itself: only the fast path is lost
+                log.warning("cannot lock this node's file in the data directory: %s", exc.strerror or exc)
         fn = functools.partial(
             nodes_sql.heartbeat_node_txn,
             style="qmark",
@@ -256,11 +270,21 @@ class SqliteStore:
 
     async def live_nodes(self, *, now_ms: int) -> list[NodeRecord]:
         fn = functools.partial(nodes_sql.live_nodes_txn, style="qmark", now_ms=now_ms)
-        return await self._readers.run("live_nodes", fn)
+        nodes: list[NodeRecord] = await self._readers.run("live_nodes", fn)
+        others = [node.node_id for node in nodes if not self._node_locks.holds(node.node_id)]
+        if not others:
+            return nodes
+        gone = set(await trio.to_thread.run_sync(self._node_locks.gone_of, others))
+        for node_id in gone:
+            await self._writer.submit(
+                "forget_node", functools.partial(nodes_sql.forget_node_txn, style="qmark", node_id=node_id)
+            )
+        return [node for node in nodes if node.node_id not in gone]
 
     async def forget_node(self, node_id: str) -> None:
         fn = functools.partial(nodes_sql.forget_node_txn, style="qmark", node_id=node_id)
         await self._writer.submit("forget_node", fn)
+        await trio.to_thread.run_sync(self._node_locks.release, node_id)
 
     # --- revocation log and nonces -----------------------------------------------------------------
 

@@ -41,12 +41,25 @@ from relay.protocol.client_handshake import ClientHandshake
 from relay.protocol.codec import decode_server, encode_client
 from relay.protocol.messages import JsonValue
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "LIVE_TYPES", "Connection", "LiveMessage", "connect", "new_event_id"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "HANDSHAKE_TIMEOUT_S",
+    "LIVE_TYPES",
+    "Connection",
+    "LiveMessage",
+    "connect",
+    "new_event_id",
+]
 
 log = logging.getLogger("relay.client")
 
 #: How long the client waits for the handshake to complete before it gives up.
 HANDSHAKE_TIMEOUT_S = 30.0
+#: How long the WebSocket opening handshake (TCP, TLS, the HTTP upgrade) may take. Kept apart from
+#: :data:`HANDSHAKE_TIMEOUT_S` and short because trio-websocket 0.12 does not notice a connection closed
+#: before the server's 101 (a server that died mid-upgrade, a TCP proxy without a backend): it waits for
+#: this timeout, so a reconnecting client would wait that long before its next attempt.
+CONNECT_TIMEOUT_S = 10.0
 #: How long the client waits for the server's close after an ``error``, or for its own close.
 CLOSE_WAIT_S = 5.0
 #: The longest frame the client accepts, in characters (4 × the default ``max_frame_bytes``).
@@ -409,7 +422,7 @@ async def connect(
         "subprotocols": ["relay.v1"],
         "message_queue_size": SOCKET_QUEUE_FRAMES,
         "max_message_size": MAX_MESSAGE_CHARS,
-        "connect_timeout": HANDSHAKE_TIMEOUT_S,
+        "connect_timeout": CONNECT_TIMEOUT_S,
         "disconnect_timeout": CLOSE_WAIT_S,
     }
     options.update(websocket_options)

@@ -43,6 +43,9 @@ from relay.protocol.names import device_name_key
 from relay.store.base import Enrollment, Store
 
 KILLS = int(os.environ.get("FAULT_KILLS", "5"))
+#: The clients' WebSocket opening-handshake bound: on loopback an upgrade is answered in milliseconds,
+#: and trio-websocket waits this long when the balancer hangs up before the 101 (relay/client/connection.py).
+CONNECT_S = 2.0
 FAST = Backoff(first_s=0.05, max_s=0.5)
 
 
@@ -192,7 +195,9 @@ class Worker:
     ) -> None:
         """Publish until ``stop``; keep receiving (so the checks can catch up) until ``done``."""
         try:
-            async with open_client(self.creds, positions={}, backoff=FAST) as client:
+            async with open_client(
+                self.creds, positions={}, backoff=FAST, connect_options={"connect_timeout": CONNECT_S}
+            ) as client:
                 self.client = client
                 task_status.started()
                 async with trio.open_nursery() as nursery:

@@ -32,9 +32,10 @@ never seen starts at 0. :attr:`RelayClient.positions` is what has been delivered
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -142,6 +143,8 @@ class RelayClient:
         #: Held from taking events in until they are queued for the application, so that the router
         #: and the replays (separate tasks) never interleave what they release.
         self._delivering = trio.StrictFIFOLock()
+        #: Released by the ordering, not yet in the application's channel (see :meth:`_release`).
+        self._undelivered: collections.deque[Delivery] = collections.deque()
         self._replaying: set[str] = set()
         self._again: set[str] = set()
         #: Sessions opened so far (1 after the first welcome).
@@ -283,6 +286,8 @@ class RelayClient:
             self._connected = trio.Event()
             try:
                 async with trio.open_nursery() as nursery:
+                    if self._undelivered:
+                        nursery.start_soon(self._flush)
                     nursery.start_soon(self._route, conn, live_receive, nursery)
                     nursery.start_soon(self._send_publishes, conn, self._generation, nursery)
                     if self._receive:
@@ -354,17 +359,39 @@ class RelayClient:
                     if order.gap:
                         self._schedule_replay(conn, nursery, stream, delay=self._gap_wait_s)
             else:
-                await self._out_send.send(msg)
+                async with self._delivering:
+                    await self._release([msg])
 
     async def _offer(self, order: StreamOrder, event: messages.StoredEvent) -> None:
         async with self._delivering:
-            for ready in order.offer(event):
-                await self._out_send.send(ready)
+            await self._release(order.offer(event))
 
     async def _cover(self, order: StreamOrder, upto: int) -> None:
         async with self._delivering:
-            for ready in order.covered(upto):
-                await self._out_send.send(ready)
+            await self._release(order.covered(upto))
+
+    async def _release(self, items: Sequence[Delivery]) -> None:
+        """Queue ``items`` for the application, after any released earlier and not yet queued.
+
+        Called holding :attr:`_delivering`. The ordering state has already moved past what
+        :class:`StreamOrder` released, so a released event must never be dropped: it is first put in
+        :attr:`_undelivered` (no await), and taken out only once the channel has it. A cancellation
+        while waiting for room in the channel (the session ending) leaves the rest there, for the next
+        release, or the next session's first task, to queue.
+        """
+        self._undelivered.extend(items)
+        while self._undelivered:
+            try:
+                await self._out_send.send(self._undelivered[0])
+            except trio.ClosedResourceError:  # the client has failed: nobody will read them
+                self._undelivered.clear()
+                return
+            self._undelivered.popleft()
+
+    async def _flush(self) -> None:
+        """Queue what an ended session released but could not queue (see :meth:`_release`)."""
+        async with self._delivering:
+            await self._release([])
 
     def _schedule_replay(
         self, conn: Connection, nursery: trio.Nursery, stream: str, *, delay: float = 0

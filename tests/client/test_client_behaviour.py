@@ -311,3 +311,27 @@ async def test_a_publish_answered_by_the_error_that_ends_its_session_is_sent_aga
                 first.drop(4008, "bus_lost")
     assert [a.duplicate for a in acks] == [True]
     assert first.published[0].id == second.published[0].id
+
+
+async def test_events_released_when_the_session_ends_mid_hand_off_still_reach_the_application() -> None:
+    # The ordering moves past an event as it releases it; if the task handing it to the application is
+    # cancelled (its session ended) while the application's channel is full, the event must still come.
+    from relay.client.client import DELIVERY_BUFFER
+
+    client = RelayClient(CREDS, positions={"s": 0})
+    order = client._order("s")
+    filler = messages.Presence(device_id=DEVICE, online=True, at=0)
+    for _ in range(DELIVERY_BUFFER):
+        client._out_send.send_nowait(filler)  # the application has not read anything yet
+    with trio.fail_after(CAP_S):
+        await client._offer(order, stored(2))  # buffered: 1 is missing
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._offer, order, stored(1))  # releases 1 and 2, then waits for room
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()  # the session ends
+        assert order.delivered == 2
+        for _ in range(DELIVERY_BUFFER):
+            assert await client.receive() == filler
+        await client._flush()  # what the next session does first
+        got = [await client.receive(), await client.receive()]
+    assert [item.seq for item in got if isinstance(item, messages.StoredEvent)] == [1, 2]

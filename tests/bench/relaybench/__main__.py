@@ -439,7 +439,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 tmp,
                 devices,
                 args.procs,
-                {**base, "phase": "handshakes", "seconds": 5, "concurrency": 16},
+                # at most one handshake per device at a time: a second session of a device replaces the first
+                {**base, "phase": "handshakes", "seconds": 5, "concurrency": min(16, len(devices))},
                 relay_process.pid,
             )
             figures["server_rss_mb"] = round(rss_kb(relay_process.pid) / 1024, 1)

@@ -9,6 +9,9 @@ through the same router, which shields the end of each HTTP answer (see :func:`_
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
@@ -30,10 +33,14 @@ __all__ = [
     "route_websocket",
 ]
 
+log = logging.getLogger(__name__)
+
 #: The WebSocket endpoint (PROTOCOL.md §4).
 WS_PATH = "/v1/ws"
 #: The subprotocol selected when a client offers it (§4); none is required.
 SUBPROTOCOL = "relay.v1"
+#: Bytes a ``Sec-WebSocket-Key`` decodes to (RFC 6455 §4.1).
+KEY_BYTES = 16
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -76,13 +83,54 @@ class AsgiWebSocket:
                     return text
         return uuid.uuid4().hex
 
-    async def accept(self) -> None:
+    def has_valid_key(self) -> bool:
+        """Whether the upgrade's ``Sec-WebSocket-Key`` is what RFC 6455 §4.1 requires: one, the base64
+        of 16 bytes (a scope without one is the server's own doing: in-process test clients send none).
+        Hypercorn only checks that one is present, and accepting an upgrade with an empty key makes its
+        h11 layer fail (an error logged with a traceback, and a connection left open until the
+        handshake's deadline)."""
+        headers = self.scope.get("headers") or ()
+        keys = [bytes(v) for n, v in headers if bytes(n).lower() == b"sec-websocket-key"]
+        if not keys:
+            return True
+        if len(keys) > 1:
+            return False
+        try:
+            return len(base64.b64decode(keys[0].strip(), validate=True)) == KEY_BYTES
+        except (binascii.Error, ValueError):
+            return False
+
+    async def refuse_upgrade(self) -> None:
+        """Answer the upgrade ``400`` instead of accepting it (RFC 6455 §4.2.2); the connection closes."""
+        if "websocket.http.response" in (self.scope.get("extensions") or {}):
+            body = b'{"error":{"code":"bad_request","message":"Bad WebSocket upgrade"}}'
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"x-request-id", self.request_id().encode("ascii")),
+            ]
+            await self._send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+            await self._send({"type": "websocket.http.response.body", "body": body})
+        else:  # a server without the extension answers 403
+            await self._send({"type": "websocket.close", "code": 1002})
+
+    async def accept(self) -> bool:
         """Accept the upgrade, selecting ``relay.v1`` when the client offered it; the ``101`` carries
-        ``X-Request-ID`` like every answer of the server (§6)."""
+        ``X-Request-ID`` like every answer of the server (§6).
+
+        False when the server could not send the ``101``: the connection broke the HTTP protocol
+        meanwhile (an upgrade followed by stray bytes in the same packet, which Hypercorn answers
+        ``400`` while the app is starting; its h11 layer then refuses the ``101``). There is nothing
+        left to do with such a connection, and nothing worth a traceback in the log."""
         offered = self.scope.get("subprotocols") or ()
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
         headers = [(b"x-request-id", self.request_id().encode("ascii"))]
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers})
+        try:
+            await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers})
+        except Exception as exc:  # the server's HTTP layer refused: the peer broke the protocol
+            log.debug("the upgrade could not be accepted: %s: %s", type(exc).__name__, exc)
+            return False
+        return True
 
     async def receive(self) -> str | bytes | Disconnected:
         """The next whole message: text, bytes (a binary frame), or :class:`Disconnected`."""

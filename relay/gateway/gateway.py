@@ -146,7 +146,11 @@ class Gateway:
         ws = AsgiWebSocket(scope, receive, send)
         if not await ws.wait_connect():
             return
-        await ws.accept()
+        if not ws.has_valid_key():
+            await ws.refuse_upgrade()
+            return
+        if not await ws.accept():
+            return
         instruments = self._ctx.instruments
         session = Session(ctx=self._ctx, ws=ws, opened_at=trio.current_time())
         self._sessions[session] = None

@@ -248,6 +248,10 @@ REFUSED_UPGRADES = {
     "stray-byte": upgrade(ACCEPTING_PATH) + b"x",
     "bad-version": upgrade("/v1/ws", version="99"),
     "bad-key-then-stray-byte": upgrade("/v1/ws", key="abc") + b"x",
+    # Hypercorn lets these through; the gateway answers 400 rather than accept (RFC 6455 §4.2.1).
+    "empty-key": upgrade("/v1/ws", key=""),
+    "key-of-15-bytes": upgrade("/v1/ws", key="AAAAAAAAAAAAAAAAAAAA"),
+    "key-not-base64": upgrade("/v1/ws", key="!!!!!!!!!!!!!!!!!!!!!!=="),
 }
 
 

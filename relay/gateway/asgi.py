@@ -103,11 +103,15 @@ class AsgiWebSocket:
     async def refuse_upgrade(self) -> None:
         """Answer the upgrade ``400`` instead of accepting it (RFC 6455 §4.2.2); the connection closes."""
         if "websocket.http.response" in (self.scope.get("extensions") or {}):
-            body = b'{"error":{"code":"bad_request","message":"Bad WebSocket upgrade"}}'
+            request_id = self.request_id()  # a valid one only: safe to put in JSON as it is
+            body = (
+                '{"error":{"code":"bad_request","message":"Bad WebSocket upgrade",'
+                f'"request_id":"{request_id}"}}}}'
+            ).encode("ascii")
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode("ascii")),
-                (b"x-request-id", self.request_id().encode("ascii")),
+                (b"x-request-id", request_id.encode("ascii")),
             ]
             await self._send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
             await self._send({"type": "websocket.http.response.body", "body": body})

@@ -89,6 +89,7 @@ class SqliteStore:
     ) -> None:
         self._data_dir = data_dir
         self._node_locks = NodeLocks(data_dir)
+        self._unlockable: set[str] = set()
         self._writer = writer
         self._readers = readers
         self._migrations_dir = migrations_dir
@@ -253,10 +254,11 @@ class SqliteStore:
     # that the row of a node that died without forgetting itself is recognised and dropped at once.
 
     async def heartbeat_node(self, node_id: str, *, shared_bus: bool, now_ms: int, ttl_ms: int) -> None:
-        if not self._node_locks.holds(node_id):
+        if not self._node_locks.holds(node_id) and node_id not in self._unlockable:
             try:
                 await trio.to_thread.run_sync(self._node_locks.hold, node_id)
             except OSError as exc:  # the row still expires by itself: only the fast path is lost
+                self._unlockable.add(node_id)  # said once, not at every heartbeat
                 log.warning("cannot lock this node's file in the data directory: %s", exc.strerror or exc)
         fn = functools.partial(
             nodes_sql.heartbeat_node_txn,

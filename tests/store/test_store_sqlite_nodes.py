@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import trio
 from store_helpers import CAP_S
 
@@ -87,3 +88,19 @@ def test_a_lock_held_elsewhere_is_not_gone_and_unknown_or_malformed_ids_are_neve
     finally:
         holder.release_all()
     assert not checker.gone(node)  # released and removed: unknown again
+
+
+async def test_without_a_lock_file_the_heartbeat_still_counts_and_the_trouble_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "nodes").write_text("not a directory")  # so no lock file can be made
+    with trio.fail_after(CAP_S):
+        store = await SqliteStore.open(tmp_path)
+        await store.migrate()
+        node = str(uuid.uuid4())
+        for beat in range(3):
+            await store.heartbeat_node(node, shared_bus=False, now_ms=1_000 + beat, ttl_ms=60_000)
+        live = await store.live_nodes(now_ms=1_000)
+        await store.close()
+    assert [n.node_id for n in live] == [node]  # it expires by itself, as before
+    assert len([r for r in caplog.records if "cannot lock" in r.getMessage()]) == 1

@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
+import orjson
 import trio
 
+from relay.errors import BadRequest, error_payload
 from relay.protocol.syntax import is_request_id
 
 __all__ = [
@@ -103,11 +105,11 @@ class AsgiWebSocket:
     async def refuse_upgrade(self) -> None:
         """Answer the upgrade ``400`` instead of accepting it (RFC 6455 §4.2.2); the connection closes."""
         if "websocket.http.response" in (self.scope.get("extensions") or {}):
-            request_id = self.request_id()  # a valid one only: safe to put in JSON as it is
-            body = (
-                '{"error":{"code":"bad_request","message":"Bad WebSocket upgrade",'
-                f'"request_id":"{request_id}"}}}}'
-            ).encode("ascii")
+            request_id = self.request_id()
+            refusal = BadRequest("Bad WebSocket upgrade")
+            body = orjson.dumps(
+                {"error": error_payload(refusal, request_id=request_id, production=True, http=True)}
+            )
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode("ascii")),
